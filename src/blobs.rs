@@ -1,1 +1,545 @@
-//! blobs (stub)
+//! The blob store: content-addressed files named by their blake3 hash, laid out as
+//! `blobs/ab/cdef…` (the first two hex digits name a subdirectory), written to `blobs/tmp/`
+//! first, fsynced, renamed into place, and verified on read. This is the only code that
+//! touches the blob directory. It must not know what a blob is for (request bodies, multipart
+//! files, pushed blobs on a mirror all look the same here) and must not touch the log.
+//!
+//! Durability: a blob is durable when [`BlobWriter::finish`] returns, so the capture pipeline
+//! can log an entry that names it. `finish` fsyncs the file before the rename (otherwise a
+//! crash could leave a correctly named file with missing content) and the subdirectory after
+//! it (otherwise the rename itself could be lost).
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the directory, inside the store, that holds blobs still being written.
+const TMP_DIR: &str = "tmp";
+
+/// Buffer size for writing and verifying: large enough that a body arriving in small HTTP
+/// frames costs few syscalls, small enough to stay out of the way of bounded memory.
+const IO_BUF: usize = 64 * 1024;
+
+// === impl BlobHash ===
+
+/// The blake3 hash of a blob's content, which is also its name. `Display`, `Debug` and
+/// `FromStr` use 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    /// The hash of the empty input (what an empty body hashes to).
+    pub fn of_empty() -> BlobHash {
+        blake3::hash(&[]).into()
+    }
+}
+
+impl From<blake3::Hash> for BlobHash {
+    fn from(hash: blake3::Hash) -> BlobHash {
+        BlobHash(*hash.as_bytes())
+    }
+}
+
+impl fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in &self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for BlobHash {
+    type Err = BlobError;
+
+    /// Parses exactly 64 hex digits (either case). Anything else is `BlobError::BadHash`: a
+    /// hash often arrives from a peer or a URL, so this must never panic.
+    fn from_str(s: &str) -> Result<BlobHash, BlobError> {
+        let bad = || BlobError::BadHash(s.chars().take(80).collect());
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            // Cannot fail after the check above, but stay panic-free anyway.
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(BlobHash(out))
+    }
+}
+
+// === impl BlobError ===
+
+/// Why a blob operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// A filesystem operation failed; `op` names it (`fsync`, `rename`, …).
+    #[error("blob store: {op} {}: {source}", path.display())]
+    Io {
+        /// The operation that failed.
+        op: &'static str,
+        /// The file or directory it failed on.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// No blob with this hash is stored.
+    #[error("blob store: blob {0} not found")]
+    NotFound(BlobHash),
+    /// The stored file's content does not hash to its name.
+    #[error("blob store: blob {0} is corrupt (its content does not match its hash)")]
+    Corrupt(BlobHash),
+    /// A string that is not 64 hex digits was given as a hash.
+    #[error("blob store: bad blob hash {0:?} (expected 64 hex digits)")]
+    BadHash(String),
+}
+
+/// Builds the `map_err` closure for an I/O error on `path`.
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BlobError + 'a {
+    move |source| BlobError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+// === impl BlobStore ===
+
+/// A handle on the blob directory. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    dir: Arc<Path>,
+}
+
+/// Makes temp file names unique within this process; the process id keeps them unique across
+/// processes that share nothing else.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl BlobStore {
+    /// Opens (creating if needed) the blob store at `dir`, and removes temp files left by a
+    /// crash: they are blobs whose `finish` never returned, so nothing refers to them.
+    ///
+    /// All 256 subdirectories are created here, once, so that `finish` normally never creates
+    /// a directory: that keeps it at two fsyncs and avoids a race where one writer returns
+    /// before another has made a new subdirectory durable.
+    pub fn open(dir: &Path) -> Result<BlobStore, BlobError> {
+        let tmp = dir.join(TMP_DIR);
+        fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        for entry in fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
+            let path = entry.map_err(io_err("list", &tmp))?.path();
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed leftover blob temp file")
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+        for byte in 0..=255u8 {
+            let sub = dir.join(format!("{byte:02x}"));
+            match fs::create_dir(&sub) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("create", &sub)(e)),
+            }
+        }
+        // Make the new directory entries (tmp, the subdirectories, `dir` itself) durable.
+        // Only at open, so it costs nothing per blob.
+        fsync_dir(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fsync_dir(parent)?;
+        }
+        Ok(BlobStore {
+            dir: Arc::from(dir),
+        })
+    }
+
+    /// Starts a new blob: a fresh temp file under `tmp/`.
+    pub fn writer(&self) -> Result<BlobWriter, BlobError> {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(TMP_DIR)
+            .join(format!("{}-{n}", std::process::id()));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            tmp,
+            file: Some(BufWriter::with_capacity(IO_BUF, file)),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            renamed: false,
+        })
+    }
+
+    /// Whether a blob with this hash is stored (not verified).
+    pub fn has(&self, hash: &BlobHash) -> bool {
+        fs::metadata(self.path_of(hash)).is_ok_and(|m| m.is_file())
+    }
+
+    /// The stored blob's length in bytes.
+    pub fn len(&self, hash: &BlobHash) -> Result<u64, BlobError> {
+        let path = self.path_of(hash);
+        match fs::metadata(&path) {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound(*hash)),
+            Err(e) => Err(io_err("stat", &path)(e)),
+        }
+    }
+
+    /// Opens a blob after reading it whole and checking that it hashes to its name; returns
+    /// the file rewound to the start. Reading twice is the price of never replaying or
+    /// shipping a damaged body.
+    pub fn open_verified(&self, hash: &BlobHash) -> Result<File, BlobError> {
+        let path = self.path_of(hash);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(BlobError::NotFound(*hash))
+            }
+            Err(e) => return Err(io_err("open", &path)(e)),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; IO_BUF];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("read", &path)(e)),
+            }
+        }
+        if BlobHash::from(hasher.finalize()) != *hash {
+            return Err(BlobError::Corrupt(*hash));
+        }
+        file.seek(SeekFrom::Start(0))
+            .map_err(io_err("seek", &path))?;
+        Ok(file)
+    }
+
+    /// `dir/ab/cdef…`.
+    fn path_of(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.to_string();
+        self.dir.join(&hex[..2]).join(&hex[2..])
+    }
+}
+
+/// fsyncs a directory, so that entries created, renamed or removed in it survive a crash.
+fn fsync_dir(dir: &Path) -> Result<(), BlobError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+// === impl BlobWriter ===
+
+/// A blob being written. Call [`BlobWriter::finish`] to store it; dropping it unfinished
+/// removes the temp file, so a client that disconnects mid-body leaves nothing behind.
+#[derive(Debug)]
+pub struct BlobWriter {
+    store: BlobStore,
+    tmp: PathBuf,
+    /// `Some` until `finish` or `drop` takes it.
+    file: Option<BufWriter<File>>,
+    /// Set once the temp file has become the blob; until then `drop` removes the temp file.
+    renamed: bool,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl BlobWriter {
+    /// Appends `buf` to the blob, hashing it on the way.
+    pub fn write(&mut self, buf: &[u8]) -> Result<(), BlobError> {
+        let file = self.file.as_mut().ok_or_else(|| BlobError::Io {
+            op: "write",
+            path: self.tmp.clone(),
+            source: io::Error::other("blob writer already closed"),
+        })?;
+        file.write_all(buf).map_err(io_err("write", &self.tmp))?;
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes the blob durable under its hash and returns the hash.
+    ///
+    /// Order matters: fsync the content, then rename, then fsync the subdirectory; the caller
+    /// may log an entry naming the blob as soon as this returns. If the blob is already stored
+    /// (same content seen before), the temp file is dropped instead, without an fsync of its
+    /// own. Concurrent finishes of the same content are safe: both renames carry identical,
+    /// already-fsynced bytes, and `rename` replaces atomically.
+    pub fn finish(mut self) -> Result<BlobHash, BlobError> {
+        let hash = BlobHash::from(self.hasher.finalize());
+        let dest = self.store.path_of(&hash);
+        let sub = dest.parent().unwrap_or(&self.store.dir).to_path_buf();
+        // Normally present since `open`; recreated if someone removed it.
+        let created_sub = match fs::create_dir(&sub) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_err("create", &sub)(e)),
+        };
+        // Dedup: an existing file of the right length is the same content (it was fsynced
+        // before its rename). A wrong length means a damaged copy: replace it.
+        let exists = fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == self.len);
+        if !exists {
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| io_err("finish", &self.tmp)(io::Error::other("already closed")))?;
+            let file = file
+                .into_inner()
+                .map_err(|e| io_err("write", &self.tmp)(e.into_error()))?;
+            // Without this a crash could leave a correctly named file with missing content.
+            file.sync_all().map_err(io_err("fsync", &self.tmp))?;
+            drop(file);
+            fs::rename(&self.tmp, &dest).map_err(io_err("rename", &self.tmp))?;
+            self.renamed = true;
+        }
+        // Also on dedup: the writer that renamed the existing copy may not have fsynced the
+        // subdirectory yet, and our caller is about to log an entry that names this blob.
+        fsync_dir(&sub)?;
+        if created_sub {
+            fsync_dir(&self.store.dir)?;
+        }
+        Ok(hash)
+        // On dedup (and on any error above) `drop` removes the temp file.
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            // `into_parts` discards the buffered bytes instead of writing them to a file we
+            // are about to delete.
+            drop(file.into_parts());
+        }
+        if self.renamed {
+            return;
+        }
+        match fs::remove_file(&self.tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Harmless: `BlobStore::open` removes leftovers.
+            Err(e) => {
+                tracing::warn!(path = %self.tmp.display(), error = %e, "cannot remove blob temp file")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        (dir, store)
+    }
+
+    fn put(store: &BlobStore, chunks: &[&[u8]]) -> BlobHash {
+        let mut w = store.writer().unwrap();
+        for chunk in chunks {
+            w.write(chunk).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    fn tmp_files(store: &BlobStore) -> usize {
+        fs::read_dir(store.dir.join(TMP_DIR)).unwrap().count()
+    }
+
+    #[test]
+    fn write_finish_has_open_verified() {
+        let (_dir, store) = store();
+        let mut w = store.writer().unwrap();
+        w.write(b"hello ").unwrap();
+        w.write(b"world").unwrap();
+        assert_eq!(w.len(), 11);
+        let hash = w.finish().unwrap();
+        assert_eq!(hash, BlobHash::from(blake3::hash(b"hello world")));
+        assert!(store.has(&hash));
+        assert_eq!(store.len(&hash).unwrap(), 11);
+        let hex = hash.to_string();
+        assert!(store.dir.join(&hex[..2]).join(&hex[2..]).is_file());
+
+        let mut body = String::new();
+        store
+            .open_verified(&hash)
+            .unwrap()
+            .read_to_string(&mut body)
+            .unwrap();
+        assert_eq!(body, "hello world");
+        assert_eq!(tmp_files(&store), 0);
+    }
+
+    #[test]
+    fn large_blob_round_trips() {
+        let (_dir, store) = store();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let hash = put(&store, &data.chunks(8192).collect::<Vec<_>>());
+        let mut back = Vec::new();
+        store
+            .open_verified(&hash)
+            .unwrap()
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn empty_blob() {
+        let (_dir, store) = store();
+        let hash = put(&store, &[]);
+        assert_eq!(hash, BlobHash::of_empty());
+        assert_eq!(store.len(&hash).unwrap(), 0);
+    }
+
+    #[test]
+    fn identical_content_from_two_writers_is_stored_once() {
+        let (_dir, store) = store();
+        let mut a = store.writer().unwrap();
+        let mut b = store.writer().unwrap();
+        a.write(b"same").unwrap();
+        b.write(b"same").unwrap();
+        let ha = a.finish().unwrap();
+        let hb = b.finish().unwrap();
+        assert_eq!(ha, hb);
+        assert_eq!(tmp_files(&store), 0);
+        let hex = ha.to_string();
+        assert_eq!(fs::read_dir(store.dir.join(&hex[..2])).unwrap().count(), 1);
+        assert!(store.open_verified(&ha).is_ok());
+    }
+
+    #[test]
+    fn concurrent_finishes_of_the_same_content_are_safe() {
+        let (_dir, store) = store();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || put(&store, &[&[7u8; 100_000]]))
+            })
+            .collect();
+        let hashes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
+        assert!(store.open_verified(&hashes[0]).is_ok());
+        assert_eq!(tmp_files(&store), 0);
+    }
+
+    #[test]
+    fn drop_without_finish_leaves_nothing() {
+        let (_dir, store) = store();
+        let mut w = store.writer().unwrap();
+        w.write(&[1u8; 200_000]).unwrap();
+        assert_eq!(tmp_files(&store), 1);
+        drop(w);
+        assert_eq!(tmp_files(&store), 0);
+        assert!(!store.has(&BlobHash::from(blake3::hash(&[1u8; 200_000]))));
+    }
+
+    #[test]
+    fn open_removes_leftover_temp_files() {
+        let (dir, store) = store();
+        fs::write(store.dir.join(TMP_DIR).join("crashed-1"), b"partial").unwrap();
+        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        assert_eq!(tmp_files(&store), 0);
+    }
+
+    #[test]
+    fn corrupted_blob_is_reported() {
+        let (_dir, store) = store();
+        let hash = put(&store, &[b"original content"]);
+        fs::write(store.path_of(&hash), b"original c0ntent").unwrap();
+        assert!(matches!(store.open_verified(&hash), Err(BlobError::Corrupt(h)) if h == hash));
+        assert!(store
+            .open_verified(&hash)
+            .unwrap_err()
+            .to_string()
+            .contains("corrupt"));
+    }
+
+    #[test]
+    fn damaged_copy_is_replaced_by_a_new_write() {
+        let (_dir, store) = store();
+        let hash = put(&store, &[b"content"]);
+        fs::write(store.path_of(&hash), b"cont").unwrap(); // truncated
+        assert_eq!(put(&store, &[b"content"]), hash);
+        assert!(store.open_verified(&hash).is_ok());
+    }
+
+    #[test]
+    fn missing_blob_is_not_found() {
+        let (_dir, store) = store();
+        let hash = BlobHash::from(blake3::hash(b"never written"));
+        assert!(!store.has(&hash));
+        assert!(matches!(store.len(&hash), Err(BlobError::NotFound(_))));
+        assert!(matches!(
+            store.open_verified(&hash),
+            Err(BlobError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn hash_text_form() {
+        let hash = BlobHash::from(blake3::hash(b"x"));
+        let hex = hash.to_string();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(format!("{hash:?}"), hex);
+        assert!(hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+        assert_eq!(hex.parse::<BlobHash>().unwrap(), hash);
+        assert_eq!(hex.to_uppercase().parse::<BlobHash>().unwrap(), hash);
+    }
+
+    #[test]
+    fn bad_hashes_are_rejected() {
+        let good = BlobHash::from(blake3::hash(b"x")).to_string();
+        let too_long = format!("{good}0");
+        let non_hex = format!("{}g", &good[..63]);
+        // 64 bytes but not 64 ASCII characters: must not panic on a char boundary.
+        let multibyte = format!("é{}", &good[..62]);
+        for bad in ["", &good[..63], &too_long, &non_hex, &multibyte] {
+            assert!(
+                matches!(bad.parse::<BlobHash>(), Err(BlobError::BadHash(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn io_error_names_the_operation_and_path() {
+        let err = io_err("fsync", Path::new("/x/tmp/123"))(io::Error::from_raw_os_error(28));
+        assert!(err
+            .to_string()
+            .starts_with("blob store: fsync /x/tmp/123: No space left on device"));
+    }
+}

@@ -1,1 +1,383 @@
-//! log (stub)
+//! The log: every captured request as a numbered entry, stored durably in sled before the
+//! origin sees it. This module owns the `log/` directory and is the only code that names
+//! sled. It must not know about HTTP, the origin or peers, and must not touch the blob store:
+//! entries only *name* blobs by hash.
+//!
+//! # Durability
+//! Every write (`append_pending`, `settle`, crash recovery at `open`) is one sled transaction,
+//! then `flush()`, then an fsync of sled's files (see `durable.rs` for why `flush()` alone is
+//! not enough). A write returns only after all three; that is what lets capture forward a
+//! request to the origin. Any failure in those steps latches the log as poisoned: every later
+//! write fails with [`LogError::Poisoned`] without touching the disk, until restart. (After a
+//! failed fsync Linux may mark the dirty pages clean, so a retry could "succeed" while the
+//! data is lost; failing closed is the only honest answer.)
+//!
+//! # Layout
+//! Three sled trees: `entries` (seq → entry, key big-endian so iteration is in seq order),
+//! `meta` (`next_seq`, and later node id, role, epoch), `unsettled` (seq → empty, the entries
+//! still `Pending`, so recovery at open need not scan the whole log).
+
+mod codec;
+mod durable;
+mod entry;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{IVec, Transactional, Tree};
+
+pub use entry::{
+    BodyRef, Entry, EntryState, Event, IllegalTransition, MultipartIndex, Outcome, PartInfo,
+    RequestRecord, Seq,
+};
+
+use codec::{decode_entry, decode_u64, encode_entry, encode_u64, key_seq, seq_key};
+use durable::{io_err, SyncStats, Syncer};
+
+/// The `meta` key holding the next sequence number to assign (big-endian u64). Stored in the
+/// same transaction as each new entry so that a seq, once handed out, is never handed out
+/// again, even after the entries themselves are removed by retention.
+const META_NEXT_SEQ: &[u8] = b"next_seq";
+
+// === impl LogError ===
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// sled reported an error (I/O underneath, or corruption).
+    #[error("log: sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A filesystem operation outside sled failed (the fsyncs, creating the directory).
+    #[error("log: {op} {}: {source}", path.display())]
+    Io {
+        /// The operation that failed.
+        op: &'static str,
+        /// The file or directory it failed on.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Stored bytes could not be decoded (unknown version, damage).
+    #[error("log: cannot decode: {0}")]
+    Codec(String),
+    /// No entry with this seq.
+    #[error("log: entry {0} not found")]
+    NotFound(Seq),
+    /// The requested state change is not allowed.
+    #[error("log: {0}")]
+    Illegal(#[from] IllegalTransition),
+    /// An earlier write failed; the log refuses writes until the node restarts.
+    #[error("log: refusing writes after an earlier write failure; restart the node")]
+    Poisoned,
+}
+
+// === impl Log ===
+
+/// A handle on the log. Cheap to clone; all clones share one database.
+#[derive(Clone, Debug)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: sled::Db,
+    entries: Tree,
+    meta: Tree,
+    unsettled: Tree,
+    /// Serialises writes: seq assignment and "commit then fsync" must not interleave.
+    writer: Mutex<Writer>,
+    /// The highest seq assigned, readable without the lock.
+    last: AtomicU64,
+    /// Latched by any failed write, flush or fsync.
+    poisoned: AtomicBool,
+    stats: Arc<SyncStats>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    /// The seq the next `append_pending` gets.
+    next: Seq,
+    syncer: Syncer,
+}
+
+/// One key to set or remove, in one of the trees.
+enum Write {
+    Entry(Seq, IVec),
+    NextSeq(Seq),
+    Unsettled(Seq),
+    Settled(Seq),
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, with sled's page cache limited to
+    /// `cache_capacity` bytes.
+    ///
+    /// Entries found `Pending` were logged but never settled: the node stopped between
+    /// logging and recording the origin's answer, so nobody knows whether the origin applied
+    /// them. They are durably turned `InDoubt` and their seqs returned, for the caller to
+    /// report.
+    pub fn open(dir: &Path, cache_capacity: u64) -> Result<(Log, Vec<Seq>), LogError> {
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .open()?;
+        let entries = db.open_tree("entries")?;
+        let meta = db.open_tree("meta")?;
+        let unsettled = db.open_tree("unsettled")?;
+        // Before any entry is written: make what sled created or recovered (files, the trees
+        // just opened) durable, fsyncing the files sled never fsyncs itself.
+        db.flush()?;
+        let stats = Arc::new(SyncStats::default());
+        let syncer = Syncer::open(dir, stats.clone())?;
+        let next = next_seq(&entries, &meta)?;
+        let log = Log {
+            inner: Arc::new(Inner {
+                db,
+                entries,
+                meta,
+                unsettled,
+                writer: Mutex::new(Writer { next, syncer }),
+                last: AtomicU64::new(next.0 - 1),
+                poisoned: AtomicBool::new(false),
+                stats,
+            }),
+        };
+        let recovered = log.recover()?;
+        Ok((log, recovered))
+    }
+
+    /// Turns every `Pending` entry `InDoubt`, in one durable commit.
+    fn recover(&self) -> Result<Vec<Seq>, LogError> {
+        let mut writer = self.lock_writer()?;
+        let mut writes = Vec::new();
+        let mut recovered = Vec::new();
+        for key in self.inner.unsettled.iter().keys() {
+            let seq = key_seq(&key?)?;
+            writes.push(Write::Settled(seq));
+            let Some(mut entry) = self.get(seq)? else {
+                tracing::warn!(%seq, "unsettled index names a missing entry; dropping it");
+                continue;
+            };
+            entry.state = match entry.state.next(Event::CrashRecovered) {
+                Ok(state) => state,
+                Err(illegal) => {
+                    tracing::warn!(%seq, %illegal, "unsettled index names a settled entry; dropping it");
+                    continue;
+                }
+            };
+            entry.settled_unix_ms = Some(now_unix_ms());
+            writes.push(Write::Entry(seq, encode_entry(&entry)?.into()));
+            recovered.push(seq);
+        }
+        if !writes.is_empty() {
+            self.commit(&mut writer, &writes)?;
+            tracing::warn!(?recovered, "entries found pending at open are now in-doubt");
+        }
+        Ok(recovered)
+    }
+
+    /// Logs a captured request as the next entry, `Pending`, and returns its seq.
+    ///
+    /// Durable when this returns: the caller may forward the request to the origin only after
+    /// this succeeds, so that a crash can never leave the origin changed by a request the log
+    /// does not know about.
+    pub fn append_pending(&self, request: RequestRecord) -> Result<Seq, LogError> {
+        let mut writer = self.lock_writer()?;
+        let seq = writer.next;
+        if seq.0 == u64::MAX {
+            // Unreachable by counting; only a damaged `next_seq` or key gets here. Refuse
+            // rather than wrap around and overwrite entry 0 or 1.
+            return Err(LogError::Codec(format!("seq space exhausted at {seq}")));
+        }
+        debug_assert_eq!(
+            seq.0,
+            self.inner.last.load(Ordering::SeqCst) + 1,
+            "seq must increase by exactly 1"
+        );
+        let entry = Entry {
+            seq,
+            state: EntryState::Pending,
+            request,
+            outcome: None,
+            settled_unix_ms: None,
+        };
+        let writes = [
+            Write::Entry(seq, encode_entry(&entry)?.into()),
+            Write::NextSeq(seq.next()),
+            Write::Unsettled(seq),
+        ];
+        self.commit(&mut writer, &writes)?;
+        writer.next = seq.next();
+        self.inner.last.store(seq.0, Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    /// Records the origin's answer for a `Pending` entry and moves it on according to
+    /// `event`; returns the new state. Durable when this returns, so the answer the client
+    /// gets always matches what the mirrors will be told.
+    pub fn settle(&self, seq: Seq, event: Event, outcome: Outcome) -> Result<EntryState, LogError> {
+        let mut writer = self.lock_writer()?;
+        let mut entry = self.get(seq)?.ok_or(LogError::NotFound(seq))?;
+        entry.state = entry.state.next(event)?;
+        entry.outcome = Some(outcome);
+        entry.settled_unix_ms = Some(now_unix_ms());
+        let writes = [
+            Write::Entry(seq, encode_entry(&entry)?.into()),
+            Write::Settled(seq),
+        ];
+        self.commit(&mut writer, &writes)?;
+        Ok(entry.state)
+    }
+
+    /// The entry with this seq, if stored.
+    pub fn get(&self, seq: Seq) -> Result<Option<Entry>, LogError> {
+        match self.inner.entries.get(seq_key(seq))? {
+            Some(bytes) => decode_stored(seq, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` entries with seq below `before` (all if `None`), newest first.
+    pub fn list(&self, before: Option<Seq>, limit: usize) -> Result<Vec<Entry>, LogError> {
+        let range = match before {
+            Some(before) => self.inner.entries.range(..seq_key(before)),
+            None => self.inner.entries.iter(),
+        };
+        range.rev().take(limit).map(decode_pair).collect()
+    }
+
+    /// Entries from `from` (inclusive) upwards, in seq order. Reads lazily: entries appended
+    /// while iterating may or may not be included.
+    pub fn iter_from(&self, from: Seq) -> impl Iterator<Item = Result<Entry, LogError>> + '_ {
+        self.inner.entries.range(seq_key(from)..).map(decode_pair)
+    }
+
+    /// The highest seq assigned so far (`Seq(0)` for an empty log).
+    pub fn last_seq(&self) -> Seq {
+        Seq(self.inner.last.load(Ordering::SeqCst))
+    }
+
+    /// Whether a write has failed; if so every write fails until restart.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// How many fsyncs (files and directories) this handle has performed since open,
+    /// including those done by `open` itself. Lets tests pin the cost of a write.
+    pub fn fsync_count(&self) -> u64 {
+        self.inner.stats.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Failpoint: the next fsync fails as an I/O error would, which poisons the log.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn fail_next_fsync(&self) {
+        self.inner
+            .stats
+            .fail_next_fsync
+            .store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the writer lock, refusing if the log is poisoned. Checked under the lock, so a
+    /// write queued behind a failing one does not touch the disk either.
+    fn lock_writer(&self) -> Result<MutexGuard<'_, Writer>, LogError> {
+        // A panic while holding the lock may have left a commit half-done: treat it like a
+        // failed write.
+        let guard = self.inner.writer.lock().map_err(|_| self.poison())?;
+        if self.is_poisoned() {
+            return Err(LogError::Poisoned);
+        }
+        Ok(guard)
+    }
+
+    /// Applies `writes` atomically and makes them durable: transaction, flush, fsync. Any
+    /// failure poisons the log.
+    fn commit(&self, writer: &mut Writer, writes: &[Write]) -> Result<(), LogError> {
+        let result = self
+            .transact(writes)
+            .and_then(|()| self.inner.db.flush().map_err(LogError::from))
+            .and_then(|_bytes| writer.syncer.commit());
+        if let Err(error) = &result {
+            self.poison();
+            tracing::error!(%error, "log write failed; refusing writes until restart");
+        }
+        result
+    }
+
+    /// One sled transaction over the three trees. sled makes a multi-tree transaction
+    /// atomic across crashes (`transaction.rs` 404-414: the writes are sealed as one batch).
+    fn transact(&self, writes: &[Write]) -> Result<(), LogError> {
+        let inner = &*self.inner;
+        let trees = (&inner.entries, &inner.meta, &inner.unsettled);
+        trees
+            .transaction(|(entries, meta, unsettled)| {
+                for write in writes {
+                    match write {
+                        Write::Entry(seq, bytes) => entries.insert(&seq_key(*seq), bytes.clone()),
+                        Write::NextSeq(seq) => meta.insert(META_NEXT_SEQ, &encode_u64(seq.0)),
+                        Write::Unsettled(seq) => unsettled.insert(&seq_key(*seq), &[]),
+                        Write::Settled(seq) => unsettled.remove(&seq_key(*seq)),
+                    }?;
+                }
+                Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => LogError::Sled(e),
+                TransactionError::Abort(never) => match never {},
+            })
+    }
+
+    /// Latches the poisoned flag; returns the error to give the caller.
+    fn poison(&self) -> LogError {
+        self.inner.poisoned.store(true, Ordering::SeqCst);
+        LogError::Poisoned
+    }
+}
+
+/// The seq to assign next: past both the stored `next_seq` and the last entry, so it is
+/// never reused whichever of the two survived.
+fn next_seq(entries: &Tree, meta: &Tree) -> Result<Seq, LogError> {
+    let stored = match meta.get(META_NEXT_SEQ)? {
+        Some(bytes) => decode_u64(&bytes)
+            .map_err(|len| LogError::Codec(format!("meta next_seq of {len} bytes")))?,
+        None => 1,
+    };
+    let after_last = match entries.last()? {
+        // Saturating: the key was read from disk, and a damaged one must not panic.
+        Some((key, _)) => key_seq(&key)?.0.saturating_add(1),
+        None => 1,
+    };
+    Ok(Seq(stored.max(after_last).max(1)))
+}
+
+/// Decodes an entry and checks it is the one its key names.
+fn decode_stored(seq: Seq, bytes: &[u8]) -> Result<Entry, LogError> {
+    let entry = decode_entry(bytes).map_err(|e| match e {
+        LogError::Codec(msg) => LogError::Codec(format!("entry {seq}: {msg}")),
+        other => other,
+    })?;
+    if entry.seq != seq {
+        return Err(LogError::Codec(format!(
+            "entry stored under {seq} says it is {}",
+            entry.seq
+        )));
+    }
+    Ok(entry)
+}
+
+fn decode_pair(item: sled::Result<(IVec, IVec)>) -> Result<Entry, LogError> {
+    let (key, value) = item?;
+    decode_stored(key_seq(&key)?, &value)
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -346,3 +346,5 @@ impl Rule {
     }
 }
 
+#[cfg(test)]
+mod tests;

@@ -49,8 +49,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// 60 s leaves room without holding the write lock indefinitely.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `origin.idle_timeout`: hyper-util's pool default. It must stay below the origin server's
-/// keep-alive timeout only if that one is shorter; a stale pooled connection is retried anyway.
+/// `origin.idle_timeout`: hyper-util's own pool default. If the origin server's keep-alive
+/// timeout is shorter, set this below it, so copyist never reuses a connection the origin is
+/// closing.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `origin.max_idle_per_host`: enough idle connections to absorb a burst of pass-through

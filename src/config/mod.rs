@@ -1,1 +1,350 @@
-//! config (stub)
+//! Configuration: reads `proxy.toml` into a validated, typed [`Config`], or a [`ConfigError`]
+//! listing every problem in the file with its line, column and key.
+//!
+//! Two layers (STYLE habit 7): `file` mirrors the TOML as written (types and known keys only),
+//! `validate` turns it into [`Config`] (addresses, durations, sizes, defaults from
+//! [`defaults`], cross-field rules). Nothing past this module sees a raw string from the file.
+//!
+//! This module reads the config file and nothing else: it does not check that `data_dir` or the
+//! TLS files exist, nor bind anything. Those failures belong to `node` and `tls`, at startup.
+//! Every key, its meaning and its default are listed in `proxy.toml.example`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub mod defaults;
+mod error;
+mod file;
+mod pattern;
+mod units;
+mod validate;
+
+pub use error::{ConfigError, Problem};
+pub use pattern::{PathPattern, PatternError};
+
+use error::Problems;
+use file::FileConfig;
+
+/// A validated node configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file this configuration was read from, as given to [`Config::load`].
+    pub path: PathBuf,
+    /// `[node]`: who this node is.
+    pub node: NodeConfig,
+    /// `[public]`: the listener clients and the load balancer connect to.
+    pub public: PublicConfig,
+    /// `[origin]`: the local CMS.
+    pub origin: OriginConfig,
+    /// `[admin]`: health, metrics and the JSON API used by the CLI.
+    pub admin: AdminConfig,
+    /// `[capture]`: which requests are captured, and the limits while capturing.
+    pub capture: CaptureConfig,
+    /// `[log]`: the durable log.
+    pub log: LogConfig,
+}
+
+/// The part a node plays in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Captures state-changing requests, decides their order and ships them.
+    Writer,
+    /// Applies the writer's entries in order and serves reads.
+    Mirror,
+}
+
+/// `[node]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Names this node in logs, metrics and peer certificates. Non-empty, `[A-Za-z0-9_.-]` only.
+    pub name: String,
+    /// The role this node starts in.
+    pub role: Role,
+    /// Holds the log and the blob store. A relative path in the file is resolved against the
+    /// config file's directory, so this does not depend on the working directory.
+    pub data_dir: PathBuf,
+}
+
+/// `[public]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Certificate and key to serve TLS with; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Peers whose inbound `X-Forwarded-*` headers are believed (the load balancer). A bare IP
+    /// in the file is a single-host network. Empty: no one's are.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Longest wait for a request's complete head.
+    pub header_read_timeout: Duration,
+    /// Longest silence between two chunks of a request body.
+    pub body_read_timeout: Duration,
+    /// Largest request head accepted. At least [`defaults::MIN_HEADER_BYTES`] (hyper's floor).
+    pub max_header_bytes: usize,
+    /// Most header fields accepted in one request. At least 1.
+    pub max_headers: usize,
+    /// Largest request body accepted. At least 1.
+    pub max_body_bytes: u64,
+}
+
+/// PEM files for the public listener's TLS. Relative paths in the file are resolved against the
+/// config file's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf certificate.
+    pub key: PathBuf,
+}
+
+/// `[origin]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginConfig {
+    /// Where the CMS listens. Always of the form `http://HOST:PORT/`: the scheme is `http`, the
+    /// port is explicit (80 filled in when the file omits it) and the path is `/`.
+    pub url: http::Uri,
+    /// Longest wait for a TCP connection to the origin.
+    pub connect_timeout: Duration,
+    /// Longest wait from sending a request until the origin's response headers.
+    pub response_timeout: Duration,
+    /// How long a pooled connection may stay idle before it is closed.
+    pub idle_timeout: Duration,
+    /// Most idle pooled connections kept to the origin (0 disables pooling).
+    pub max_idle_per_host: usize,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin listener. A bare IP in the file means port [`defaults::ADMIN_PORT`].
+    pub listen: SocketAddr,
+}
+
+/// `[capture]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Origin statuses that mark a captured request `accepted`; any other is `rejected`. Never
+    /// empty.
+    pub success_statuses: Vec<StatusRange>,
+    /// Overrides of the default classification, in file order; the first rule whose method and
+    /// path match decides.
+    pub rules: Vec<Rule>,
+    /// Request bodies up to this many bytes are stored inside the log entry; larger ones go to
+    /// the blob store.
+    pub inline_body_max: u64,
+    /// Captured responses are held in memory up to this many bytes and spilled to disk beyond.
+    pub max_response_buffer: u64,
+    /// Limits for indexing `multipart/form-data` bodies.
+    pub multipart: MultipartLimits,
+    /// Lowercase substrings of form-field names whose values `log show` masks. Compare against
+    /// the lowercased field name.
+    pub mask_fields: Vec<String>,
+}
+
+/// An inclusive range of HTTP statuses, `lo <= hi`, both within 100..=599.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    /// Lowest status in the range.
+    pub lo: u16,
+    /// Highest status in the range.
+    pub hi: u16,
+}
+
+/// One `[[capture.rule]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Method the rule applies to; `None` (written `"*"`) for any.
+    pub method: Option<http::Method>,
+    /// Request paths the rule applies to.
+    pub path: PathPattern,
+    /// What happens to a matching request.
+    pub action: RuleAction,
+}
+
+/// What a matching [`Rule`] does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Capture it (log, forward under the write lock, ship).
+    Capture,
+    /// Pass it through to the origin without recording it.
+    Pass,
+}
+
+/// `[capture.multipart]`: bounds on indexing a multipart body. The body itself is stored raw
+/// whatever these say; they only bound the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultipartLimits {
+    /// Most parts indexed in one body. At least 1.
+    pub max_parts: usize,
+    /// Largest text (non-file) field held in memory while indexing. At least 1.
+    pub max_field_bytes: u64,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Upper bound of sled's page cache, in bytes.
+    pub cache_capacity: u64,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Validates `text` as if read from `path`: `path` names the file in problems, and relative
+    /// paths inside are resolved against its directory.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut problems = Problems::default();
+        let config = FileConfig::parse(text, &mut problems)
+            .and_then(|file| validate::config(file, path, &mut problems));
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => {
+                debug_assert!(!problems.is_empty(), "validation failed without a problem");
+                Err(problems.into_error(text, path))
+            }
+        }
+    }
+}
+
+// === impl Role ===
+
+impl Role {
+    /// The role as written in the config file: `"writer"` or `"mirror"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Writer => "writer",
+            Role::Mirror => "mirror",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl PublicConfig, OriginConfig ===
+
+impl PublicConfig {
+    /// A plain-HTTP listener on `listen` with every other key at its default.
+    pub fn new(listen: SocketAddr) -> PublicConfig {
+        PublicConfig {
+            listen,
+            tls: None,
+            trusted_proxies: Vec::new(),
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            body_read_timeout: defaults::BODY_READ_TIMEOUT,
+            max_header_bytes: defaults::MAX_HEADER_BYTES,
+            max_headers: defaults::MAX_HEADERS,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl OriginConfig {
+    /// An origin at `http://{addr}/` with every other key at its default.
+    pub fn new(addr: SocketAddr) -> OriginConfig {
+        // Rebuilt without the IPv6 scope id, which is not valid in a URI authority.
+        let addr = SocketAddr::new(addr.ip(), addr.port());
+        let url = http::Uri::builder()
+            .scheme("http")
+            .authority(addr.to_string())
+            .path_and_query("/")
+            .build()
+            .expect("an IP address and port always form a valid authority");
+        OriginConfig {
+            url,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            response_timeout: defaults::RESPONSE_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            max_idle_per_host: defaults::MAX_IDLE_PER_HOST,
+        }
+    }
+}
+
+// === defaults for optional sections ===
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: defaults::ADMIN_LISTEN,
+        }
+    }
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            success_statuses: defaults::SUCCESS_STATUSES.to_vec(),
+            rules: Vec::new(),
+            inline_body_max: defaults::INLINE_BODY_MAX,
+            max_response_buffer: defaults::MAX_RESPONSE_BUFFER,
+            multipart: MultipartLimits::default(),
+            mask_fields: defaults::MASK_FIELDS
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl Default for MultipartLimits {
+    fn default() -> Self {
+        MultipartLimits {
+            max_parts: defaults::MULTIPART_MAX_PARTS,
+            max_field_bytes: defaults::MULTIPART_MAX_FIELD_BYTES,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            cache_capacity: defaults::LOG_CACHE_CAPACITY,
+        }
+    }
+}
+
+// === impl CaptureConfig, StatusRange, Rule ===
+
+impl CaptureConfig {
+    /// Whether the origin's `status` marks a captured request `accepted`.
+    pub fn is_success(&self, status: u16) -> bool {
+        self.success_statuses.iter().any(|r| r.contains(status))
+    }
+}
+
+impl StatusRange {
+    /// Whether `status` lies in the range (both ends included).
+    pub fn contains(&self, status: u16) -> bool {
+        self.lo <= status && status <= self.hi
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl Rule {
+    /// Whether this rule applies to a request with `method` and `path` (without the query).
+    pub fn matches(&self, method: &http::Method, path: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method) && self.path.matches(path)
+    }
+}
+
+#[cfg(test)]
+mod tests;

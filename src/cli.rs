@@ -1,1 +1,367 @@
-//! cli (stub)
+//! The command line: `run`, `check-config`, `status`, `log list|show`, `blob get`.
+//!
+//! Commands that talk to a running node take the same `-c FILE` as `run`, read the admin address
+//! from it (or, for port 0, from `data_dir/admin.addr`) and use the admin API over HTTP. They
+//! never open the data directory of a running node.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::admin::api::{EntryDetail, EntrySummary, StatusView};
+use crate::config::Config;
+use crate::error::error_chain;
+use crate::node::{Node, ADMIN_ADDR_FILE};
+
+/// copyist: a reverse proxy that turns one unmodified CMS into a replicated cluster.
+#[derive(Debug, Parser)]
+#[command(name = "copyist", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The node's configuration file.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        env = "COPYIST_CONFIG",
+        default_value = "/etc/copyist/proxy.toml"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node in the foreground until SIGTERM or SIGINT.
+    Run(ConfigArg),
+    /// Check a configuration file: exit 0 if valid, 1 with every problem listed if not.
+    CheckConfig(ConfigArg),
+    /// Show the running node's role, last sequence number and write state.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect the log of captured requests.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Read blobs (large captured bodies).
+    #[command(subcommand)]
+    Blob(BlobCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// List entries, newest first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only entries with a sequence number below this.
+        #[arg(long)]
+        before: Option<u64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one entry in full (secret-looking values masked).
+    Show {
+        /// Sequence number.
+        seq: u64,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlobCommand {
+    /// Write a blob's bytes to stdout (verified against its hash first).
+    Get {
+        /// The blob's blake3 hash (64 hex digits).
+        hash: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(c) => run_node(&c.config).await,
+        Command::CheckConfig(c) => check_config(&c.config),
+        Command::Status { config, json } => status(&config.config, json).await,
+        Command::Log(LogCommand::List {
+            config,
+            limit,
+            before,
+            json,
+        }) => log_list(&config.config, limit, before, json).await,
+        Command::Log(LogCommand::Show { seq, config, json }) => {
+            log_show(&config.config, seq, json).await
+        }
+        Command::Blob(BlobCommand::Get { hash, config }) => blob_get(&config.config, &hash).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("copyist: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), String>;
+
+fn load(path: &Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| e.to_string())
+}
+
+async fn run_node(path: &Path) -> CliResult {
+    let config = load(path)?;
+    let node = Node::build(config).await.map_err(|e| error_chain(&e))?;
+    let (trigger, shutdown) = crate::shutdown::channel();
+    tokio::spawn(async move {
+        crate::shutdown::signal().await;
+        trigger.fire();
+    });
+    node.run(shutdown).await.map_err(|e| error_chain(&e))
+}
+
+fn check_config(path: &Path) -> CliResult {
+    load(path)?;
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+async fn status(path: &Path, json: bool) -> CliResult {
+    let body = get(path, "/api/v1/status").await?;
+    if json {
+        return print_bytes(&body);
+    }
+    let s: StatusView = parse(&body)?;
+    println!("node        {}", s.node);
+    println!("role        {}", s.role);
+    println!("public      {}", s.public_addr);
+    println!("last seq    {}", s.last_seq);
+    let writes = if s.fail_closed {
+        "REFUSED (storage failed; restart after fixing it)"
+    } else {
+        "ok"
+    };
+    println!("writes      {writes}");
+    Ok(())
+}
+
+async fn log_list(path: &Path, limit: usize, before: Option<u64>, json: bool) -> CliResult {
+    let mut query = format!("/api/v1/log?limit={limit}");
+    if let Some(b) = before {
+        query.push_str(&format!("&before={b}"));
+    }
+    let body = get(path, &query).await?;
+    if json {
+        return print_bytes(&body);
+    }
+    let entries: Vec<EntrySummary> = parse(&body)?;
+    println!(
+        "{:>8}  {:<9}  {:>6}  {:<7}  {:>10}  {:>9}  TARGET",
+        "SEQ", "STATE", "STATUS", "METHOD", "BODY", "MS"
+    );
+    for e in entries {
+        let status = e
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into());
+        let ms = e
+            .duration_us
+            .map(|us| format!("{:.1}", us as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>8}  {:<9}  {:>6}  {:<7}  {:>10}  {:>9}  {}",
+            e.seq, e.state, status, e.method, e.body_len, ms, e.target
+        );
+    }
+    Ok(())
+}
+
+async fn log_show(path: &Path, seq: u64, json: bool) -> CliResult {
+    let body = get(path, &format!("/api/v1/log/{seq}")).await?;
+    if json {
+        return print_bytes(&body);
+    }
+    let d: EntryDetail = parse(&body)?;
+    let s = &d.summary;
+    println!("seq         {}", s.seq);
+    println!("state       {}", s.state);
+    println!("request     {} {} ({})", s.method, s.target, d.version);
+    println!("client      {}", d.client_addr);
+    println!("request id  {}", d.request_id);
+    println!("received    {} (unix ms)", s.received_unix_ms);
+    println!(
+        "body        {} bytes, {} , blake3 {}",
+        s.body_len, d.body_storage, d.body_hash
+    );
+    println!("headers");
+    for (k, v) in &d.headers {
+        println!("  {k}: {v}");
+    }
+    if let Some(form) = &d.form {
+        println!("form fields");
+        for (k, v) in form {
+            println!("  {k} = {v}");
+        }
+    }
+    if let Some(mp) = &d.multipart {
+        println!("multipart parts");
+        for p in &mp.parts {
+            let name = p.name.as_deref().unwrap_or("?");
+            match &p.filename {
+                Some(f) => println!(
+                    "  {name}: file {f:?} {} {} bytes blake3 {}",
+                    p.content_type.as_deref().unwrap_or("-"),
+                    p.size,
+                    p.hash
+                ),
+                None => println!("  {name} = {}", p.value.as_deref().unwrap_or("")),
+            }
+        }
+        if let Some(err) = &mp.error {
+            println!("  (index incomplete: {err})");
+        }
+    }
+    match &d.outcome {
+        None => println!("outcome     none yet"),
+        Some(o) => {
+            println!(
+                "outcome     {} in {:.1} ms",
+                o.status,
+                o.duration_us as f64 / 1000.0
+            );
+            if let Some(l) = &o.location {
+                println!("  location: {l}");
+            }
+            for c in &o.set_cookies {
+                println!("  set-cookie: {c}");
+            }
+            println!(
+                "  response body {} bytes, blake3 {}",
+                o.body_len, o.body_digest
+            );
+            if let Some(e) = &o.error {
+                println!("  error: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn blob_get(path: &Path, hash: &str) -> CliResult {
+    let config = load(path)?;
+    let addr = admin_addr(&config)?;
+    let uri = format!("http://{addr}/api/v1/blob/{hash}");
+    let resp = client()
+        .get(uri.parse().map_err(|_| format!("invalid hash {hash:?}"))?)
+        .await
+        .map_err(|e| format!("cannot reach node at {addr}: {}", error_chain(&e)))?;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    if !status.is_success() {
+        let text = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&text).trim()
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading blob: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            out.write_all(data)
+                .map_err(|e| format!("writing stdout: {e}"))?;
+        }
+    }
+    out.flush().map_err(|e| format!("writing stdout: {e}"))
+}
+
+/// The admin address of the node `config` describes.
+pub fn admin_addr(config: &Config) -> Result<SocketAddr, String> {
+    let mut addr = config.admin.listen;
+    if addr.port() == 0 {
+        let file = config.node.data_dir.join(ADMIN_ADDR_FILE);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| format!("admin port is 0 and {} is unreadable: {e}", file.display()))?;
+        addr = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{} holds no address", file.display()))?;
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(addr)
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn get(path: &Path, api: &str) -> Result<Bytes, String> {
+    let config = load(path)?;
+    let addr = admin_addr(&config)?;
+    let uri = format!("http://{addr}{api}")
+        .parse()
+        .map_err(|_| format!("invalid request {api}"))?;
+    let resp = client().get(uri).await.map_err(|e| {
+        format!(
+            "cannot reach node {} at {addr} (is it running?): {}",
+            config.node.name,
+            error_chain(&e)
+        )
+    })?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading answer: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    Ok(body)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("unexpected answer from node: {e}"))
+}
+
+fn print_bytes(body: &[u8]) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(body)
+        .and_then(|_| out.write_all(b"\n"))
+        .map_err(|e| format!("writing stdout: {e}"))
+}

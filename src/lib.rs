@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod blobs;
+pub mod body;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -97,7 +97,7 @@ pub const MULTIPART_MAX_FIELD_BYTES: u64 = MIB;
 /// `capture.mask_fields`: substrings of form-field names that usually hold credentials or card
 /// data, masked in `log show` so an operator inspecting the log does not see them.
 pub const MASK_FIELDS: &[&str] = &[
-    "pass", "pwd", "secret", "token", "key", "auth", "card", "cvv",
+    "pass", "pwd", "secret", "token", "csrf", "key", "auth", "card", "cvv",
 ];
 
 // === [log] ===

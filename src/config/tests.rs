@@ -190,7 +190,7 @@ fn missing_optional_sections_get_the_defaults() {
     assert_eq!(c.max_response_buffer, 8 << 20);
     assert_eq!(c.multipart.max_parts, 1000);
     assert_eq!(c.multipart.max_field_bytes, 1 << 20);
-    assert_eq!(c.mask_fields.len(), 8);
+    assert_eq!(c.mask_fields.len(), 9);
     assert_eq!(config.log.cache_capacity, 64 << 20);
 }
 

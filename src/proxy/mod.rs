@@ -1,1 +1,535 @@
-//! proxy (stub)
+//! The public listener: accepts connections (plain or TLS), checks each request's framing and
+//! host, applies header hygiene, and routes it to pass-through, capture or copyist's own
+//! reserved endpoints.
+//!
+//! It decides nothing about durability (that is `capture`) and never touches the log directly.
+
+pub mod classify;
+pub mod headers;
+pub mod passthrough;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::GuardedBody;
+use crate::capture::{Capture, CaptureError, CaptureRequest};
+use crate::config::{PublicConfig, Rule};
+use crate::error::{error_response, text_response, Blame, HttpError, ProxyBody};
+use crate::origin::{Origin, OriginError};
+use crate::shutdown::Shutdown;
+use classify::{classify, Route, RESERVED_PREFIX};
+
+/// Pause after a failed `accept` (EMFILE and friends resolve over time; spinning would not help).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a request was refused before reaching the origin, or failed on the way.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Framing or host that could be read two ways; refused and the connection closed.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// The request headers exceed `max_header_bytes`.
+    #[error("request headers larger than {0} bytes")]
+    HeadersTooLarge(usize),
+    /// The declared body exceeds `max_body_bytes`.
+    #[error("request body of {declared} bytes is larger than the limit of {limit}")]
+    BodyTooLarge {
+        /// What the client declared in `Content-Length`.
+        declared: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// CONNECT and TRACE are not relayed.
+    #[error("method {0} is not allowed through copyist")]
+    MethodRefused(Method),
+    /// Pass-through to the origin failed.
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    /// The capture pipeline failed.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+}
+
+impl HttpError for ProxyError {
+    fn blame(&self) -> Blame {
+        match self {
+            ProxyError::Origin(e) => e.blame(),
+            ProxyError::Capture(e) => e.blame(),
+            _ => Blame::Client,
+        }
+    }
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MethodRefused(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Origin(e) => e.status(),
+            ProxyError::Capture(e) => e.status(),
+        }
+    }
+    fn close_connection(&self) -> bool {
+        match self {
+            ProxyError::Capture(e) => e.close_connection(),
+            ProxyError::Origin(_) | ProxyError::MethodRefused(_) => false,
+            // The body was not read: the rest of the connection cannot be trusted to be framed.
+            _ => true,
+        }
+    }
+}
+
+/// The public-listener service: shared by every connection.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: PublicConfig,
+    rules: Vec<Rule>,
+    origin: Origin,
+    capture: Capture,
+    /// Prefix of request ids: node name and start time, so ids stay unique across restarts.
+    id_prefix: String,
+    next_id: AtomicU64,
+}
+
+/// What the listener knows about a connection.
+#[derive(Clone, Copy, Debug)]
+struct Conn {
+    peer: SocketAddr,
+    tls: bool,
+}
+
+impl Proxy {
+    /// The proxy for one node.
+    pub fn new(
+        config: PublicConfig,
+        rules: Vec<Rule>,
+        origin: Origin,
+        capture: Capture,
+        node: &str,
+    ) -> Proxy {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        Proxy {
+            inner: Arc::new(Inner {
+                config,
+                rules,
+                origin,
+                capture,
+                id_prefix: format!("{node}-{started:x}"),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Serves `listener` until `shutdown` fires, then lets open connections finish for at most
+    /// `grace`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        mut shutdown: Shutdown,
+        grace: Duration,
+    ) {
+        let graceful = GracefulShutdown::new();
+        let http = self.connection_builder();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.spawn_connection(&http, &graceful, stream, peer, tls.clone()),
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+                () = shutdown.recv() => break,
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "connections still open after the grace period; closing them"
+            );
+        }
+    }
+
+    /// hyper's connection settings. The timer matters: without one hyper silently ignores
+    /// `header_read_timeout`, and slow-header clients would hold connections forever.
+    fn connection_builder(&self) -> auto::Builder<TokioExecutor> {
+        let c = &self.inner.config;
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(c.header_read_timeout)
+            .max_buf_size(c.max_header_bytes.max(8192))
+            .max_headers(c.max_headers)
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(c.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        http
+    }
+
+    fn spawn_connection(
+        &self,
+        http: &auto::Builder<TokioExecutor>,
+        graceful: &GracefulShutdown,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let proxy = self.clone();
+        let conn = Conn {
+            peer,
+            tls: tls.is_some(),
+        };
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+        });
+        let handshake_timeout = self.inner.config.header_read_timeout;
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let result =
+                match tls {
+                    None => {
+                        let conn = http.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Some(acceptor) => {
+                        // A client that stalls the handshake is dropped like a slow-header client.
+                        let tls_stream =
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let conn = http.serve_connection(TokioIo::new(tls_stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+
+    /// Outer handler: every error becomes exactly one logged, synthetic response.
+    async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<ProxyBody> {
+        match self.handle_inner(req, conn).await {
+            Ok(resp) => resp,
+            Err(err) => error_response(&err),
+        }
+    }
+
+    async fn handle_inner(
+        &self,
+        req: Request<Incoming>,
+        conn: Conn,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let c = &self.inner.config;
+        let (parts, body) = req.into_parts();
+        check_framing(&parts.headers)?;
+        if header_bytes(&parts.headers) > c.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge(c.max_header_bytes));
+        }
+        let host = request_host(&parts)?;
+        if let Some(declared) = declared_length(&parts.headers)? {
+            if declared > c.max_body_bytes {
+                return Err(ProxyError::BodyTooLarge {
+                    declared,
+                    limit: c.max_body_bytes,
+                });
+            }
+        }
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let route = classify(&parts.method, parts.uri.path(), &self.inner.rules);
+        match route {
+            Route::Reserved => return Ok(reserved(parts.uri.path())),
+            Route::Refused => return Err(ProxyError::MethodRefused(parts.method)),
+            Route::PassThrough | Route::Capture => {}
+        }
+        let request_id = self.next_request_id();
+        let (headers, client) = self.origin_headers(&parts, host, conn, &request_id);
+        let body = GuardedBody::new(body, c.max_body_bytes, c.body_read_timeout);
+        if route == Route::Capture {
+            let req = CaptureRequest {
+                method: parts.method,
+                target,
+                version: parts.version,
+                headers,
+                client_addr: client,
+                request_id,
+            };
+            return Ok(self.inner.capture.capture(req, body).await?);
+        }
+        let head = passthrough::Head {
+            method: parts.method,
+            target,
+            headers,
+        };
+        Ok(passthrough::forward(&self.inner.origin, head, body).await?)
+    }
+
+    /// The headers the origin gets: the client's, minus hop-by-hop and `X-Copyist-*`, with
+    /// `X-Forwarded-*` set, the original `Host`, and our request id. Returns the real client address.
+    fn origin_headers(
+        &self,
+        parts: &Parts,
+        host: Option<HeaderValue>,
+        conn: Conn,
+        request_id: &str,
+    ) -> (HeaderMap, std::net::IpAddr) {
+        let mut h = parts.headers.clone();
+        headers::strip_hop_by_hop(&mut h);
+        headers::strip_copyist(&mut h);
+        // Framing is re-derived from the body we actually send: exactly one normalised request.
+        h.remove(header::CONTENT_LENGTH);
+        if let Some(host) = host {
+            h.insert(header::HOST, host);
+        }
+        if parts.version == Version::HTTP_2 {
+            join_cookies(&mut h);
+        }
+        let client = headers::set_forwarded(
+            &mut h,
+            conn.peer.ip(),
+            conn.tls,
+            &self.inner.config.trusted_proxies,
+        );
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            h.insert("x-copyist-request-id", id);
+        }
+        (h, client)
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.inner.id_prefix)
+    }
+}
+
+/// Refuses framing that two parsers could read differently (request smuggling, RFC 9112 6.1,
+/// 6.3): `Transfer-Encoding` with `Content-Length`, any transfer coding but plain `chunked`, and
+/// conflicting lengths. hyper rejects most of these itself; this is the belt to its braces.
+fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if !te.is_empty() {
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(ProxyError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        let chunked_only = te.len() == 1 && te[0].as_bytes().eq_ignore_ascii_case(b"chunked");
+        if !chunked_only {
+            return Err(ProxyError::Malformed("unsupported Transfer-Encoding"));
+        }
+    }
+    declared_length(headers).map(|_| ())
+}
+
+/// The single `Content-Length`, if any; several values or a non-number are malformed.
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProxyError::Malformed("more than one Content-Length"));
+    }
+    let text = first
+        .to_str()
+        .map_err(|_| ProxyError::Malformed("invalid Content-Length"))?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProxyError::Malformed("invalid Content-Length"));
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| ProxyError::Malformed("invalid Content-Length"))
+}
+
+/// The host to pass on. One `Host` at most; an absolute-form target or HTTP/2 `:authority` must
+/// agree with it; HTTP/1.1 requires one (RFC 9112 3.2). The CMS never sees a second opinion.
+fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(ProxyError::Malformed("more than one Host header"));
+    }
+    if let Some(h) = &host {
+        let valid = h
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@'));
+        if !valid {
+            return Err(ProxyError::Malformed("invalid Host header"));
+        }
+    }
+    match (parts.uri.authority(), host) {
+        (Some(authority), Some(h))
+            if !authority
+                .as_str()
+                .eq_ignore_ascii_case(h.to_str().unwrap_or("")) =>
+        {
+            Err(ProxyError::Malformed("request target and Host disagree"))
+        }
+        (Some(authority), _) => HeaderValue::from_str(authority.as_str())
+            .map(Some)
+            .map_err(|_| ProxyError::Malformed("invalid authority")),
+        (None, Some(h)) => Ok(Some(h)),
+        (None, None) if parts.version == Version::HTTP_10 || parts.version == Version::HTTP_09 => {
+            Ok(None)
+        }
+        (None, None) => Err(ProxyError::Malformed("missing Host header")),
+    }
+}
+
+/// Approximate size of the header block as sent (names, values, separators).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// HTTP/2 may split `Cookie` into several fields; an HTTP/1.1 origin needs one (RFC 9113 8.2.3).
+fn join_cookies(h: &mut HeaderMap) {
+    let parts: Vec<&[u8]> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if parts.len() < 2 {
+        return;
+    }
+    let joined = parts.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
+/// copyist's own answers under the reserved prefix. Issue 4 adds health and metrics here.
+fn reserved(path: &str) -> Response<ProxyBody> {
+    let mut resp = match path.strip_prefix(RESERVED_PREFIX) {
+        Some("liveness") => text_response(StatusCode::OK, "ok\n"),
+        _ => text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n"),
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let bad = [
+            vec![("transfer-encoding", "chunked"), ("content-length", "5")],
+            vec![("transfer-encoding", "chunked, identity")],
+            vec![("transfer-encoding", "xchunked")],
+            vec![
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+            vec![("content-length", "5"), ("content-length", "6")],
+            vec![("content-length", "+5")],
+            vec![("content-length", "5,5")],
+            vec![("content-length", "")],
+        ];
+        for h in bad {
+            let err = check_framing(&headers(&h)).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{h:?}");
+            assert!(err.close_connection());
+        }
+        assert!(check_framing(&headers(&[("transfer-encoding", "Chunked")])).is_ok());
+        assert!(check_framing(&headers(&[("content-length", "05")])).is_ok());
+    }
+
+    #[test]
+    fn too_large_maps_to_413_and_431() {
+        let e = ProxyError::BodyTooLarge {
+            declared: 10,
+            limit: 5,
+        };
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            ProxyError::HeadersTooLarge(1).status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+
+    #[test]
+    fn host_rules() {
+        let req = |uri: &str, hosts: &[&str], v: Version| {
+            let mut b = Request::builder().uri(uri).version(v);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let ok = request_host(&req("/", &["site.example"], Version::HTTP_11)).unwrap();
+        assert_eq!(ok.unwrap(), "site.example");
+        assert!(request_host(&req("/", &[], Version::HTTP_11)).is_err());
+        assert!(request_host(&req("/", &["a", "b"], Version::HTTP_11)).is_err());
+        assert!(request_host(&req("/", &["bad host"], Version::HTTP_11)).is_err());
+        assert!(request_host(&req("/", &["u@site"], Version::HTTP_11)).is_err());
+        assert!(request_host(&req("http://evil/", &["site"], Version::HTTP_11)).is_err());
+        let abs = request_host(&req("http://site/", &[], Version::HTTP_11)).unwrap();
+        assert_eq!(abs.unwrap(), "site");
+        assert!(request_host(&req("/", &[], Version::HTTP_10))
+            .unwrap()
+            .is_none());
+    }
+}

@@ -1,0 +1,96 @@
+//! The admin listener (loopback by default): what operators and the CLI use.
+//!
+//! Endpoints:
+//! * `GET /liveness` — the process is alive; touches nothing else.
+//! * `GET /api/v1/status` — node name, role, last sequence number, fail-closed latch.
+//! * `GET /api/v1/log?before=N&limit=M` — entries, newest first (summaries).
+//! * `GET /api/v1/log/N` — one entry in full, secrets masked.
+//! * `GET /api/v1/blob/HASH` — a blob's bytes, verified against its hash first.
+//!
+//! Admin only reads: it takes snapshots from the log and never holds the write lock.
+
+pub mod api;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::error::{text_response, ProxyBody};
+use crate::shutdown::Shutdown;
+pub use api::AdminState;
+
+/// Slow admin clients are dropped after this long without complete headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin API on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    mut shutdown: Shutdown,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let state = state.clone();
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(route(&state, req).await) }
+                    });
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(error) = conn.await {
+                            tracing::debug!(%error, "admin connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = shutdown.recv() => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
+}
+
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "admin API is read-only: GET\n",
+        );
+    }
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let mut resp = match path.as_str() {
+        "/liveness" => text_response(StatusCode::OK, "ok\n"),
+        "/api/v1/status" => api::status(state).await,
+        "/api/v1/log" => api::list(state, &query).await,
+        p => match (
+            p.strip_prefix("/api/v1/log/"),
+            p.strip_prefix("/api/v1/blob/"),
+        ) {
+            (Some(seq), _) => api::show(state, seq).await,
+            (_, Some(hash)) => api::blob(state, hash).await,
+            _ => text_response(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
+        },
+    };
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

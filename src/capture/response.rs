@@ -1,0 +1,95 @@
+//! The origin's answer to a captured request, collected whole before the entry is settled:
+//! the outcome records a digest of the body, and the client is answered only after that
+//! outcome is durable.
+//!
+//! Memory is bounded: up to `max_response_buffer` bytes stay in memory, the rest spills to an
+//! anonymous temporary file (deleted by the OS when closed) under the data directory.
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+
+use crate::blobs::BlobHash;
+use crate::error::{full, BoxError, ProxyBody};
+use crate::origin::OriginError;
+
+/// A complete origin response.
+pub struct Collected {
+    /// The origin's status.
+    pub status: StatusCode,
+    /// The origin's headers, unfiltered.
+    pub headers: HeaderMap,
+    /// blake3 of the whole body.
+    pub digest: BlobHash,
+    /// Body length in bytes.
+    pub len: u64,
+    /// The body, ready to send to the client.
+    pub body: ProxyBody,
+}
+
+/// Reads the whole response body, hashing it, into memory or a spill file.
+pub async fn collect(
+    resp: Response<Incoming>,
+    max_memory: u64,
+    spill_dir: &Path,
+) -> Result<Collected, OriginError> {
+    let (parts, mut body) = resp.into_parts();
+    let max_memory = usize::try_from(max_memory).unwrap_or(usize::MAX);
+    let mut hasher = blake3::Hasher::new();
+    let mut memory: Vec<Bytes> = Vec::new();
+    let mut in_memory = 0usize;
+    let mut spill: Option<std::fs::File> = None;
+    let mut len: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| OriginError::Body(e.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        hasher.update(&data);
+        len += data.len() as u64;
+        if spill.is_none() && in_memory + data.len() <= max_memory {
+            in_memory += data.len();
+            memory.push(data);
+            continue;
+        }
+        let file = match spill.as_mut() {
+            Some(f) => f,
+            None => {
+                let mut f = tempfile::tempfile_in(spill_dir).map_err(spill_error)?;
+                for chunk in memory.drain(..) {
+                    f.write_all(&chunk).map_err(spill_error)?;
+                }
+                spill.insert(f)
+            }
+        };
+        // A plain write to an unlinked file lands in the page cache: fast enough to do inline,
+        // and only responses larger than the memory budget take this path.
+        file.write_all(&data).map_err(spill_error)?;
+    }
+    let body = match spill {
+        None => full(memory.concat()),
+        Some(mut f) => {
+            f.seek(SeekFrom::Start(0)).map_err(spill_error)?;
+            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(f));
+            let frames = futures_util::StreamExt::map(stream, |c| {
+                c.map(Frame::data).map_err(BoxError::from)
+            });
+            http_body_util::StreamBody::new(frames).boxed_unsync()
+        }
+    };
+    Ok(Collected {
+        status: parts.status,
+        headers: parts.headers,
+        digest: BlobHash::from(hasher.finalize()),
+        len,
+        body,
+    })
+}
+
+fn spill_error(e: std::io::Error) -> OriginError {
+    OriginError::Body(Box::new(e))
+}

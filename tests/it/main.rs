@@ -1,0 +1,15 @@
+//! copyist's integration tests: one binary, real processes and sockets on port 0, fresh temp
+//! dirs. `TEST_LOG=1` shows the nodes' logs.
+
+// Test support is a private module tree; `pub` there means "for the test modules".
+#![allow(unreachable_pub, missing_docs)]
+
+mod support;
+
+mod capture;
+mod cli;
+mod cms;
+mod durability;
+mod hygiene;
+mod passthrough;
+mod tls;

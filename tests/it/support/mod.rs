@@ -1,0 +1,43 @@
+//! Test support: real nodes on port 0 in fresh temp dirs, a recording stub origin, the PHP
+//! fixture CMS, raw-socket and HTTP clients, and `assert_eventually!`.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod node;
+pub mod origin;
+pub mod php;
+
+pub use client::{raw, Client, Reply};
+pub use node::{NodeProcess, TestNode};
+pub use origin::StubOrigin;
+pub use php::PhpCms;
+
+/// Waits for a condition with a deadline, polling; never a bare sleep.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// Logs to stderr when `TEST_LOG` is set (zero2prod's habit); silent otherwise.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "copyist=debug,hyper_util=debug,hyper=debug",
+            ))
+            .with_test_writer()
+            .try_init();
+    }
+}

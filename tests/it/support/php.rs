@@ -1,0 +1,90 @@
+//! The PHP fixture CMS under `php -S`, in its own process group with its own data dir.
+//!
+//! `php -S` with workers forks children that keep the port if only the parent dies, so the whole
+//! group is killed on drop. PHP is required: `.ci/run` installs it, and a missing PHP fails the
+//! test instead of skipping it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct PhpCms {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl PhpCms {
+    /// Starts the fixture on a free loopback port and waits until it answers.
+    pub fn start() -> PhpCms {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cms/router.php");
+        let dir = tempfile::tempdir().unwrap();
+        for _attempt in 0..5 {
+            // php -S cannot take port 0: borrow a free port from the OS, then hand it over.
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut child = Command::new("php")
+                .arg("-S")
+                .arg(addr.to_string())
+                .arg(&root)
+                .env("CMS_DATA_DIR", dir.path())
+                .env("PHP_CLI_SERVER_WORKERS", "2")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("php not found: install php-cli and php-sqlite3 (see README)");
+            if wait_ready(&mut child, addr) {
+                return PhpCms { addr, dir, child };
+            }
+            kill_group(&mut child);
+        }
+        panic!("php -S did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn wait_ready(child: &mut Child, addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.contains(" 200 ") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Kills php and its forked workers (they share the process group started above).
+fn kill_group(child: &mut Child) {
+    let pgid = child.id();
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for PhpCms {
+    fn drop(&mut self) {
+        kill_group(&mut self.child);
+    }
+}

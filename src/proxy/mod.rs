@@ -184,6 +184,9 @@ impl Proxy {
             .header_read_timeout(c.header_read_timeout)
             .max_buf_size(c.max_header_bytes.max(8192))
             .max_headers(c.max_headers)
+            // A client may shut down its sending side while it waits for the answer
+            // (`printf … | nc`); without this hyper would drop the request it already has.
+            .half_close(true)
             .keep_alive(true);
         http.http2()
             .timer(TokioTimer::new())

@@ -1,7 +1,7 @@
 //! An in-test origin that records exactly what reached it.
 //!
 //! Routes (by path): `/status/NNN` answers NNN; `/stall` records the request and never answers;
-//! `/big/N` answers N bytes; anything else answers 200 (GET/HEAD) or 201 with `Location` (other
+//! `/big/N` answers N bytes; anything else answers 200 (GET/HEAD/OPTIONS) or 201 with `Location` (other
 //! methods). Every complete request is kept; requests whose body broke off are counted apart, so a
 //! test can prove nothing reached the origin half-read.
 
@@ -137,7 +137,7 @@ async fn handle(s: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let n: usize = n.parse().unwrap_or(0);
         return Response::new(Full::new(Bytes::from(vec![b'x'; n])));
     }
-    if parts.method == http::Method::GET || parts.method == http::Method::HEAD {
+    if [http::Method::GET, http::Method::HEAD, http::Method::OPTIONS].contains(&parts.method) {
         return Response::new(Full::new(Bytes::from_static(b"hello from origin")));
     }
     let id = s.created.fetch_add(1, Ordering::SeqCst) + 1;

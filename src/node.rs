@@ -124,6 +124,7 @@ impl Node {
         }
         let proxy = Proxy::new(
             config.public.clone(),
+            config.node.role,
             config.capture.rules.clone(),
             origin,
             capture.clone(),

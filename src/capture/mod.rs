@@ -6,7 +6,7 @@
 //! 2. [`Capture::capture`] takes the FIFO write lock: one captured request reaches the origin at
 //!    a time, so the writer's execution order is the log order.
 //! 3. `Log::append_pending`: next sequence number, durable before forwarding.
-//! 4. [`Capture::forward`] to the origin; the response is collected and digested; then
+//! 4. `Capture::forward` to the origin; the response is collected and digested; then
 //!    `Log::settle` (accepted / rejected / in-doubt), durable; the lock is released; the client is
 //!    answered with `X-Copyist-Seq`.
 //!

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::GuardedBody;
 use crate::capture::{Capture, CaptureError, CaptureRequest};
-use crate::config::{PublicConfig, Rule};
+use crate::config::{PublicConfig, Role, Rule};
 use crate::error::{error_response, text_response, Blame, HttpError, ProxyBody};
 use crate::origin::{Origin, OriginError};
 use crate::shutdown::Shutdown;
@@ -52,6 +52,9 @@ pub enum ProxyError {
         /// The configured limit.
         limit: u64,
     },
+    /// A mirror never applies a client's write locally; it has no writer to forward to yet.
+    #[error("this node is a mirror: writes must go to the writer")]
+    WriteOnMirror,
     /// CONNECT and TRACE are not relayed.
     #[error("method {0} is not allowed through copyist")]
     MethodRefused(Method),
@@ -68,6 +71,7 @@ impl HttpError for ProxyError {
         match self {
             ProxyError::Origin(e) => e.blame(),
             ProxyError::Capture(e) => e.blame(),
+            ProxyError::WriteOnMirror => Blame::Copyist,
             _ => Blame::Client,
         }
     }
@@ -77,6 +81,7 @@ impl HttpError for ProxyError {
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MethodRefused(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::WriteOnMirror => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Origin(e) => e.status(),
             ProxyError::Capture(e) => e.status(),
         }
@@ -84,7 +89,9 @@ impl HttpError for ProxyError {
     fn close_connection(&self) -> bool {
         match self {
             ProxyError::Capture(e) => e.close_connection(),
-            ProxyError::Origin(_) | ProxyError::MethodRefused(_) => false,
+            ProxyError::Origin(_) | ProxyError::MethodRefused(_) | ProxyError::WriteOnMirror => {
+                false
+            }
             // The body was not read: the rest of the connection cannot be trusted to be framed.
             _ => true,
         }
@@ -99,6 +106,7 @@ pub struct Proxy {
 
 struct Inner {
     config: PublicConfig,
+    role: Role,
     rules: Vec<Rule>,
     origin: Origin,
     capture: Capture,
@@ -118,6 +126,7 @@ impl Proxy {
     /// The proxy for one node.
     pub fn new(
         config: PublicConfig,
+        role: Role,
         rules: Vec<Rule>,
         origin: Origin,
         capture: Capture,
@@ -130,6 +139,7 @@ impl Proxy {
         Proxy {
             inner: Arc::new(Inner {
                 config,
+                role,
                 rules,
                 origin,
                 capture,
@@ -288,6 +298,10 @@ impl Proxy {
         match route {
             Route::Reserved => return Ok(reserved(parts.uri.path())),
             Route::Refused => return Err(ProxyError::MethodRefused(parts.method)),
+            // A mirror's CMS changes only through replay, or it would drift from the writer's.
+            Route::Capture if self.inner.role == Role::Mirror => {
+                return Err(ProxyError::WriteOnMirror)
+            }
             Route::PassThrough | Route::Capture => {}
         }
         let request_id = self.next_request_id();

@@ -263,3 +263,28 @@ async fn chunked_body_over_the_limit_gets_413_and_never_reaches_origin() {
     assert_eq!(origin.started(), 0);
     assert_eq!(node.last_seq().await, 0);
 }
+
+#[tokio::test]
+async fn a_mirror_never_applies_a_client_write_locally() {
+    let origin = StubOrigin::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text = crate::support::node::config_text(&data, &origin.url(), Opts::default())
+        .replace("role = \"writer\"", "role = \"mirror\"");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = copyist::config::Config::load(&path).unwrap();
+    let node = copyist::node::Node::build(config).await.unwrap();
+    let public = node.public_addr();
+    let (_trigger, rx) = copyist::shutdown::channel();
+    tokio::spawn(node.run(rx));
+    let c = crate::support::Client::new(public);
+    let r = c.post_form("/items", "a=1").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(c.get("/page").await.status, 200, "reads still served");
+    assert_eq!(
+        origin.seen().len(),
+        1,
+        "only the read reached the mirror's CMS"
+    );
+}

@@ -14,7 +14,6 @@
 //! refused with 503 without reaching the origin, until restart. GETs are not affected.
 
 pub mod multipart;
-pub mod response;
 pub mod spool;
 
 use std::net::IpAddr;
@@ -35,7 +34,7 @@ use crate::config::CaptureConfig;
 use crate::error::{full, Blame, BoxError, HttpError, ProxyBody};
 use crate::log::{BodyRef, Event, Log, LogError, Outcome, RequestRecord, Seq};
 use crate::origin::{Origin, OriginError};
-use response::Collected;
+use crate::origin::response::{self, Collected};
 use spool::{SpoolError, Stored, StoredBody};
 
 /// Why a captured request was not completed.

@@ -1,6 +1,6 @@
-//! The origin's answer to a captured request, collected whole before the entry is settled:
-//! the outcome records a digest of the body, and the client is answered only after that
-//! outcome is durable.
+//! An origin's answer collected whole: for a captured request (the outcome records a digest of
+//! the body, and the client is answered only after that outcome is durable) and for a replay on
+//! a mirror (compared with the writer's).
 //!
 //! Memory is bounded: up to `max_response_buffer` bytes stay in memory, the rest spills to an
 //! anonymous temporary file (deleted by the OS when closed) under the data directory.
@@ -29,6 +29,8 @@ pub struct Collected {
     pub len: u64,
     /// The body, ready to send to the client.
     pub body: ProxyBody,
+    /// The whole body, when it fit in memory (for `compare::observe`); `None` when spilled.
+    pub memory: Option<Bytes>,
 }
 
 /// Reads the whole response body, hashing it, into memory or a spill file.
@@ -70,15 +72,18 @@ pub async fn collect(
         // and only responses larger than the memory budget take this path.
         file.write_all(&data).map_err(spill_error)?;
     }
-    let body = match spill {
-        None => full(memory.concat()),
+    let (body, memory) = match spill {
+        None => {
+            let bytes = Bytes::from(memory.concat());
+            (full(bytes.clone()), Some(bytes))
+        }
         Some(mut f) => {
             f.seek(SeekFrom::Start(0)).map_err(spill_error)?;
             let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(f));
             let frames = futures_util::StreamExt::map(stream, |c| {
                 c.map(Frame::data).map_err(BoxError::from)
             });
-            http_body_util::StreamBody::new(frames).boxed_unsync()
+            (http_body_util::StreamBody::new(frames).boxed_unsync(), None)
         }
     };
     Ok(Collected {
@@ -87,6 +92,7 @@ pub async fn collect(
         digest: BlobHash::from(hasher.finalize()),
         len,
         body,
+        memory,
     })
 }
 

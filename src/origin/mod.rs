@@ -4,6 +4,8 @@
 //! `proxy` and `capture`) and never records anything. Its error type says whether the request can
 //! have reached the CMS, because capture must record an unknown outcome as `in-doubt`.
 
+pub mod response;
+
 use std::time::Duration;
 
 use http::{uri::PathAndQuery, Request, Response, Uri};

@@ -46,10 +46,12 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod apply;
 pub mod blobs;
 pub mod body;
 pub mod capture;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod log;

@@ -61,6 +61,78 @@ enum Command {
     /// Read blobs (large captured bodies).
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Operate on a mirror through the writer (pause, resume, retry, skip).
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+    /// Settle an in-doubt entry on the writer: did its origin apply it or not?
+    Resolve {
+        /// Sequence number of the in-doubt entry.
+        seq: u64,
+        /// The origin did apply it: ship it to the mirrors.
+        #[arg(long, conflicts_with = "not_applied", required_unless_present = "not_applied")]
+        applied: bool,
+        /// The origin did not apply it: mark it rejected, never replayed.
+        #[arg(long)]
+        not_applied: bool,
+        /// Why (recorded with the entry).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Create the cluster CA and node certificates for the replication channel.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MirrorCommand {
+    /// Stop shipping to a mirror (it keeps serving reads, growing lag).
+    Pause(MirrorArgs),
+    /// Resume shipping to a paused mirror.
+    Resume(MirrorArgs),
+    /// Retry the entry a halted mirror stopped at (after fixing the cause).
+    Retry(MirrorArgs),
+    /// Skip exactly the entry a halted mirror stopped at, without applying it.
+    Skip {
+        #[command(flatten)]
+        args: MirrorArgs,
+        /// The halted entry's sequence number (required: skipping is never implicit).
+        #[arg(long)]
+        seq: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct MirrorArgs {
+    /// The mirror's name, as in the writer's [[mirrors]].
+    name: String,
+    /// Why (recorded in the log with the time).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create the cluster CA: DIR/ca.pem and DIR/ca.key (keep ca.key off the nodes if you can).
+    Init {
+        /// Directory for the files.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a node certificate signed by the cluster CA: DIR/NAME.pem and DIR/NAME.key.
+    Node {
+        /// The node's name, exactly as in its [node] name and its peers' config.
+        name: String,
+        /// Directory holding ca.pem and ca.key; the new files go here too.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Extra host names or IP addresses to put in the certificate.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +190,23 @@ pub async fn run(cli: Cli) -> ExitCode {
             log_show(&config.config, seq, json).await
         }
         Command::Blob(BlobCommand::Get { hash, config }) => blob_get(&config.config, &hash).await,
+        Command::Mirror(m) => mirror(m).await,
+        Command::Resolve {
+            seq,
+            applied,
+            not_applied: _,
+            reason,
+            config,
+        } => {
+            let body = serde_json::json!({ "reason": reason, "by": who(), "applied": applied });
+            post(&config.config, &format!("/api/v1/resolve/{seq}"), body).await
+        }
+        Command::Certs(CertsCommand::Init { dir }) => crate::tls::init_ca(&dir)
+            .map(|(cert, key)| println!("created {} and {}", cert.display(), key.display()))
+            .map_err(|e| error_chain(&e)),
+        Command::Certs(CertsCommand::Node { name, dir, hosts }) => crate::tls::issue_node(&dir, &name, &hosts)
+            .map(|(cert, key)| println!("created {} and {}", cert.display(), key.display()))
+            .map_err(|e| error_chain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -167,6 +256,54 @@ async fn status(path: &Path, json: bool) -> CliResult {
         "ok"
     };
     println!("writes      {writes}");
+    Ok(())
+}
+
+async fn mirror(command: MirrorCommand) -> CliResult {
+    let (action, args, seq) = match command {
+        MirrorCommand::Pause(a) => ("pause", a, None),
+        MirrorCommand::Resume(a) => ("resume", a, None),
+        MirrorCommand::Retry(a) => ("retry", a, None),
+        MirrorCommand::Skip { args, seq } => ("skip", args, Some(seq)),
+    };
+    let body = serde_json::json!({ "reason": args.reason, "by": who(), "seq": seq });
+    post(&args.config.config, &format!("/api/v1/mirrors/{}/{action}", args.name), body).await
+}
+
+/// Who runs the command, for audit records: `$USER@hostname`.
+fn who() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{user}@{}", host.trim())
+}
+
+async fn post(path: &Path, api: &str, body: serde_json::Value) -> CliResult {
+    let config = load(path)?;
+    let addr = admin_addr(&config)?;
+    let uri: http::Uri = format!("http://{addr}{api}")
+        .parse()
+        .map_err(|_| format!("invalid request {api}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
+    let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body.to_string())));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = uri;
+    let resp = client.request(req).await.map_err(|e| {
+        format!("cannot reach node {} at {addr} (is it running?): {}", config.node.name, error_chain(&e))
+    })?;
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading answer: {e}"))?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    if !status.is_success() {
+        return Err(format!("{status}: {}", text.trim()));
+    }
+    print!("{text}");
     Ok(())
 }
 
@@ -245,6 +382,21 @@ async fn log_show(path: &Path, seq: u64, json: bool) -> CliResult {
         if let Some(err) = &mp.error {
             println!("  (index incomplete: {err})");
         }
+    }
+    if let Some(h) = &d.halt {
+        println!("halt        {} ({})", h.reason, h.detail);
+    }
+    if let Some(o) = &d.mirror_outcome {
+        println!("this mirror {} in {:.1} ms, body {} bytes blake3 {}", o.status, o.duration_us as f64 / 1000.0, o.body_len, o.body_digest);
+        if let Some(l) = &o.location {
+            println!("  location: {l}");
+        }
+        if let Some(e) = &o.error {
+            println!("  error: {e}");
+        }
+    }
+    for a in &d.audit {
+        println!("operator    {} by {} at {} (unix ms): {}", a.action, a.by, a.unix_ms, a.reason);
     }
     match &d.outcome {
         None => println!("outcome     none yet"),

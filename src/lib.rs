@@ -58,5 +58,7 @@ pub mod log;
 pub mod node;
 pub mod origin;
 pub mod proxy;
+pub mod ship;
 pub mod shutdown;
 pub mod tls;
+pub mod wire;

@@ -13,6 +13,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
+use crate::apply::{self, Replication};
+use crate::config::Role;
+use crate::ship::peer::Peer;
+use crate::ship::Shipper;
 use crate::blobs::{BlobError, BlobStore};
 use crate::capture::Capture;
 use crate::config::Config;
@@ -50,7 +54,7 @@ pub enum NodeError {
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what})")]
     Bind {
-        /// "public" or "admin".
+        /// "public", "admin" or "replication".
         what: &'static str,
         /// The address.
         addr: SocketAddr,
@@ -58,8 +62,8 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
-    /// The public TLS certificate or key is unusable.
-    #[error("public TLS")]
+    /// A TLS certificate or key is unusable.
+    #[error("TLS")]
     Tls(#[from] TlsError),
     /// A startup task died.
     #[error("startup task failed")]
@@ -75,6 +79,10 @@ pub struct Node {
     admin_listener: TcpListener,
     tls: Option<TlsAcceptor>,
     in_doubt: Vec<Seq>,
+    /// The replication listener, when `[replication]` is configured.
+    replication: Option<(TcpListener, TlsAcceptor, Replication)>,
+    /// One shipper per configured mirror (writer only).
+    shippers: Vec<Shipper>,
 }
 
 impl Node {
@@ -105,6 +113,7 @@ impl Node {
             blobs.clone(),
             origin.clone(),
             config.capture.clone(),
+            config.compare.clone(),
             spill_dir,
         );
         // 4. TLS and listeners, bound now so a port-0 config learns its ports before serving.
@@ -122,6 +131,37 @@ impl Node {
                 return Err(NodeError::DataDir { path: file, source });
             }
         }
+        // 5. Replication: the mTLS listener, and on a writer one shipper per mirror.
+        let mut shippers = Vec::new();
+        let mut replication = None;
+        if let Some(rc) = &config.replication {
+            let server = tls::replication_server(rc)?;
+            let client = tls::replication_client(rc)?;
+            if config.node.role == Role::Writer {
+                for m in &config.mirrors {
+                    let peer = Peer::new(&m.name, &m.url, client.clone(), rc.request_timeout);
+                    shippers.push(Shipper::new(peer, log.clone(), blobs.clone(), rc.window, rc.retry_max));
+                }
+            }
+            let peers = match (&config.node.role, &config.writer) {
+                (Role::Mirror, Some(w)) => vec![w.name.clone()],
+                _ => config.mirrors.iter().map(|m| m.name.clone()).collect(),
+            };
+            let service = Replication::new(apply::Parts {
+                node: config.node.name.clone(),
+                role: config.node.role,
+                peers,
+                log: log.clone(),
+                blobs: blobs.clone(),
+                origin: origin.clone(),
+                compare: config.compare.clone(),
+                max_blob_bytes: config.public.max_body_bytes,
+                spill_dir: data.join("tmp"),
+                max_response_buffer: config.capture.max_response_buffer,
+            });
+            let listener = bind("replication", rc.listen).await?;
+            replication = Some((listener, TlsAcceptor::from(server), service));
+        }
         let proxy = Proxy::new(
             config.public.clone(),
             config.node.role,
@@ -138,6 +178,8 @@ impl Node {
             blobs,
             capture,
             mask_fields: config.capture.mask_fields.clone(),
+            shippers: shippers.clone(),
+            replication: replication.as_ref().map(|(_, _, r)| r.clone()),
         };
         Ok(Node {
             config,
@@ -147,6 +189,8 @@ impl Node {
             admin_listener,
             tls,
             in_doubt,
+            replication,
+            shippers,
         })
     }
 
@@ -164,6 +208,11 @@ impl Node {
             .unwrap_or(self.config.admin.listen)
     }
 
+    /// The bound replication address, when configured.
+    pub fn replication_addr(&self) -> Option<SocketAddr> {
+        self.replication.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
+    }
+
     /// Entries found pending at start-up and marked in-doubt.
     pub fn in_doubt(&self) -> &[Seq] {
         &self.in_doubt
@@ -179,20 +228,19 @@ impl Node {
             origin = %self.config.origin.url,
             "copyist running"
         );
-        let public =
-            tokio::spawn(
-                self.proxy
-                    .serve(self.public, self.tls, shutdown.clone(), DRAIN_GRACE),
-            );
-        let admin = tokio::spawn(admin::serve(
-            self.admin_listener,
-            self.admin,
-            shutdown,
-            DRAIN_GRACE,
-        ));
-        let (p, a) = tokio::join!(public, admin);
-        p?;
-        a?;
+        let mut tasks = vec![
+            tokio::spawn(self.proxy.serve(self.public, self.tls, shutdown.clone(), DRAIN_GRACE)),
+            tokio::spawn(admin::serve(self.admin_listener, self.admin, shutdown.clone(), DRAIN_GRACE)),
+        ];
+        if let Some((listener, acceptor, service)) = self.replication {
+            tasks.push(tokio::spawn(service.serve(listener, acceptor, shutdown.clone())));
+        }
+        for shipper in self.shippers {
+            tasks.push(tokio::spawn(shipper.run(shutdown.clone())));
+        }
+        for task in tasks {
+            task.await?;
+        }
         tracing::info!("copyist stopped");
         Ok(())
     }

@@ -13,7 +13,9 @@ use crate::capture::multipart::{is_secret, MASK};
 use crate::capture::Capture;
 use crate::config::Role;
 use crate::error::{full, text_response, BoxError, ProxyBody};
-use crate::log::{BodyRef, Entry, Log, MultipartIndex, Seq};
+use crate::apply::Replication;
+use crate::log::{AuditRecord, BodyRef, Entry, Halt, Log, MultipartIndex, Outcome, Seq};
+use crate::ship::{MirrorStatus, Shipper};
 
 /// Longest list the API returns at once.
 const MAX_LIST: usize = 1000;
@@ -38,6 +40,10 @@ pub struct AdminState {
     pub capture: Capture,
     /// Form-field name patterns whose values are masked.
     pub mask_fields: Vec<String>,
+    /// The writer's shippers, one per mirror (empty on a mirror).
+    pub shippers: Vec<Shipper>,
+    /// The replication service, when configured (its state: applied seq, halt).
+    pub replication: Option<Replication>,
 }
 
 /// `GET /api/v1/status`.
@@ -53,6 +59,27 @@ pub struct StatusView {
     pub last_seq: u64,
     /// Whether captured writes are refused because storage failed.
     pub fail_closed: bool,
+    /// Highest sequence number applied here (mirror) or settled (writer).
+    pub applied_seq: u64,
+    /// The halt, when this mirror has stopped.
+    pub halt: Option<Halt>,
+    /// Every mirror, as the writer sees it (empty on a mirror).
+    #[serde(default)]
+    pub mirrors: Vec<MirrorView>,
+}
+
+/// One mirror in the writer's status.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct MirrorView {
+    /// What the shipper knows (name, state, applied seq, halt, last error).
+    #[serde(flatten)]
+    pub status: MirrorStatus,
+    /// Entries the writer has that the mirror has not finished.
+    pub lag_entries: u64,
+    /// Age of the oldest entry the mirror has not finished, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// Whether an operator paused shipping to it.
+    pub paused: bool,
 }
 
 /// One line of `copyist log list`.
@@ -98,8 +125,14 @@ pub struct EntryDetail {
     pub form: Option<Vec<(String, String)>>,
     /// Multipart parts.
     pub multipart: Option<MultipartIndex>,
-    /// The origin's answer.
+    /// The origin's answer (on a mirror: the writer's origin).
     pub outcome: Option<OutcomeView>,
+    /// On a mirror: this node's CMS's answer to the replay.
+    pub mirror_outcome: Option<OutcomeView>,
+    /// Why a mirror halted at this entry.
+    pub halt: Option<Halt>,
+    /// Operator actions on this entry: who, when, why.
+    pub audit: Vec<AuditRecord>,
 }
 
 /// The origin's recorded answer.
@@ -119,6 +152,9 @@ pub struct OutcomeView {
     pub duration_us: u64,
     /// Why the origin failed, when it did.
     pub error: Option<String>,
+    /// JSON fields recorded for comparison (pointer, value).
+    #[serde(default)]
+    pub fields: Vec<(String, String)>,
     /// When the entry was settled (Unix ms).
     pub settled_unix_ms: Option<u64>,
 }
@@ -133,8 +169,37 @@ pub async fn status(state: &AdminState) -> Response<ProxyBody> {
             public_addr: state.public_addr.to_string(),
             last_seq: state.log.last_seq().0,
             fail_closed: state.capture.is_fail_closed(),
+            applied_seq: state
+                .replication
+                .as_ref()
+                .map(|r| r.state().applied_seq)
+                .unwrap_or(0),
+            halt: state.log.halt(),
+            mirrors: state.shippers.iter().map(|s| mirror_view(state, s)).collect(),
         },
     )
+}
+
+fn mirror_view(state: &AdminState, shipper: &Shipper) -> MirrorView {
+    let status = shipper.status();
+    let last = state.log.last_seq().0;
+    let lag_entries = last.saturating_sub(status.applied_seq);
+    let lag_seconds = if lag_entries == 0 {
+        0.0
+    } else {
+        match state.log.get(Seq(status.applied_seq + 1)) {
+            Ok(Some(e)) => {
+                crate::capture::unix_ms().saturating_sub(e.request.received_unix_ms) as f64 / 1000.0
+            }
+            _ => 0.0,
+        }
+    };
+    MirrorView {
+        paused: state.log.paused(shipper.name()).unwrap_or(false),
+        status,
+        lag_entries,
+        lag_seconds,
+    }
 }
 
 /// `GET /api/v1/log?before=N&limit=M`.
@@ -264,16 +329,24 @@ pub fn detail(e: &Entry, mask_fields: &[String]) -> EntryDetail {
         },
         form,
         multipart: r.multipart.clone(),
-        outcome: e.outcome.as_ref().map(|o| OutcomeView {
-            status: o.status,
-            location: o.location.clone(),
-            set_cookies: o.set_cookies.iter().map(|c| mask_set_cookie(c)).collect(),
-            body_digest: o.body_digest.to_string(),
-            body_len: o.body_len,
-            duration_us: o.duration_us,
-            error: o.error.clone(),
-            settled_unix_ms: e.settled_unix_ms,
-        }),
+        outcome: e.outcome.as_ref().map(|o| outcome_view(o, e.settled_unix_ms)),
+        mirror_outcome: e.mirror_outcome.as_ref().map(|o| outcome_view(o, None)),
+        halt: e.halt.clone(),
+        audit: e.audit.clone(),
+    }
+}
+
+fn outcome_view(o: &Outcome, settled_unix_ms: Option<u64>) -> OutcomeView {
+    OutcomeView {
+        status: o.status,
+        location: o.location.clone(),
+        set_cookies: o.set_cookies.iter().map(|c| mask_set_cookie(c)).collect(),
+        body_digest: o.body_digest.to_string(),
+        body_len: o.body_len,
+        duration_us: o.duration_us,
+        error: o.error.clone(),
+        fields: o.fields.clone(),
+        settled_unix_ms,
     }
 }
 

@@ -6,15 +6,19 @@
 //! * `GET /api/v1/log?before=N&limit=M` — entries, newest first (summaries).
 //! * `GET /api/v1/log/N` — one entry in full, secrets masked.
 //! * `GET /api/v1/blob/HASH` — a blob's bytes, verified against its hash first.
+//! * `POST /api/v1/mirrors/NAME/pause|resume|retry|skip` — operator actions on a mirror.
+//! * `POST /api/v1/resolve/SEQ` — settle an in-doubt entry (`{"applied": bool, "reason": …}`).
 //!
-//! Admin only reads: it takes snapshots from the log and never holds the write lock.
+//! Admin never holds the write lock; its only writes are the audited operator actions.
 
+pub mod actions;
 pub mod api;
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -68,29 +72,49 @@ pub async fn serve(
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
 }
 
+/// Largest action body read.
+const MAX_ACTION_BODY: usize = 64 << 10;
+
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "admin API is read-only: GET\n",
-        );
-    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let mut resp = match path.as_str() {
-        "/liveness" => text_response(StatusCode::OK, "ok\n"),
-        "/api/v1/status" => api::status(state).await,
-        "/api/v1/log" => api::list(state, &query).await,
-        p => match (
-            p.strip_prefix("/api/v1/log/"),
-            p.strip_prefix("/api/v1/blob/"),
-        ) {
-            (Some(seq), _) => api::show(state, seq).await,
-            (_, Some(hash)) => api::blob(state, hash).await,
-            _ => text_response(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
-        },
+    let mut resp = if req.method() == Method::POST {
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_ACTION_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        };
+        post(state, &path, body).await
+    } else if req.method() == Method::GET || req.method() == Method::HEAD {
+        get(state, &path, &query).await
+    } else {
+        text_response(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or POST\n")
     };
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+async fn get(state: &AdminState, path: &str, query: &str) -> Response<ProxyBody> {
+    match path {
+        "/liveness" => text_response(StatusCode::OK, "ok\n"),
+        "/api/v1/status" => api::status(state).await,
+        "/api/v1/log" => api::list(state, query).await,
+        p => match (p.strip_prefix("/api/v1/log/"), p.strip_prefix("/api/v1/blob/")) {
+            (Some(seq), _) => api::show(state, seq).await,
+            (_, Some(hash)) => api::blob(state, hash).await,
+            _ => text_response(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
+        },
+    }
+}
+
+async fn post(state: &AdminState, path: &str, body: bytes::Bytes) -> Response<ProxyBody> {
+    if let Some(rest) = path.strip_prefix("/api/v1/mirrors/") {
+        if let Some((name, action)) = rest.split_once('/') {
+            return actions::mirror(state, name, action, body).await;
+        }
+    }
+    if let Some(seq) = path.strip_prefix("/api/v1/resolve/") {
+        return actions::resolve(state, seq, body).await;
+    }
+    text_response(StatusCode::NOT_FOUND, "no such admin action\n")
 }

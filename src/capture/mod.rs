@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::blobs::{BlobError, BlobStore};
 use crate::body::BodyError;
-use crate::config::CaptureConfig;
+use crate::config::{CaptureConfig, CompareConfig};
 use crate::error::{full, Blame, BoxError, HttpError, ProxyBody};
 use crate::log::{BodyRef, Event, Log, LogError, Outcome, RequestRecord, Seq};
 use crate::origin::{Origin, OriginError};
@@ -136,6 +136,8 @@ struct Inner {
     blobs: BlobStore,
     origin: Origin,
     config: CaptureConfig,
+    /// What of a response mirrors must match: recorded with the outcome.
+    compare: CompareConfig,
     /// Where response bodies larger than `max_response_buffer` are spilled.
     spill_dir: PathBuf,
     /// FIFO (tokio's Mutex is fair): captured requests reach the origin one at a time, in log order.
@@ -151,6 +153,7 @@ impl Capture {
         blobs: BlobStore,
         origin: Origin,
         config: CaptureConfig,
+        compare: CompareConfig,
         spill_dir: PathBuf,
     ) -> Capture {
         Capture {
@@ -159,6 +162,7 @@ impl Capture {
                 blobs,
                 origin,
                 config,
+                compare,
                 spill_dir,
                 write_lock: Mutex::new(()),
                 failed: AtomicBool::new(false),
@@ -201,7 +205,12 @@ impl Capture {
         // Step 4.
         let started = Instant::now();
         let result = self.forward(&req, &body).await;
-        let (event, outcome, answer) = settle_decision(&inner.config, result, started);
+        let rule = inner.compare.rule_for(crate::apply::target_path(&req.target));
+        let observed = match &result {
+            Ok(c) => crate::compare::observe(rule, c.memory.as_deref()),
+            Err(_) => crate::compare::Observed::default(),
+        };
+        let (event, outcome, answer) = settle_decision(&inner.config, result, observed, started);
         let state = self.settle(seq, event, outcome).await?;
         drop(_lock);
         tracing::debug!(state = state.as_str(), "captured");
@@ -343,6 +352,7 @@ impl Capture {
 fn settle_decision(
     config: &CaptureConfig,
     result: Result<Collected, OriginError>,
+    observed: crate::compare::Observed,
     started: Instant,
 ) -> (Event, Outcome, Result<Collected, OriginError>) {
     let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -408,7 +418,8 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> 
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

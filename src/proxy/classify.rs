@@ -25,7 +25,9 @@ pub enum Route {
 /// safe methods pass through and every other method is captured. HEAD and OPTIONS are never
 /// captured, whatever a rule says: they must not change state, and a load balancer's probes use them.
 pub fn classify(method: &Method, path: &str, rules: &[Rule]) -> Route {
-    if path.starts_with(RESERVED_PREFIX) {
+    // Replication paths live only on the mTLS listener; on the public port they are answered
+    // by copyist (404) so no client can reach a CMS by naming them.
+    if path.starts_with(RESERVED_PREFIX) || path.starts_with("/_copyist/") {
         return Route::Reserved;
     }
     if method == Method::CONNECT || method == Method::TRACE {
@@ -79,6 +81,7 @@ mod tests {
             ("OPTIONS", "/probe", Route::PassThrough),
             ("GET", "/.copyist/health", Route::Reserved),
             ("POST", "/.copyist/x", Route::Reserved),
+            ("POST", "/_copyist/v1/entries/1", Route::Reserved),
             ("CONNECT", "/", Route::Refused),
             ("TRACE", "/", Route::Refused),
             ("PROPFIND", "/dav", Route::Capture),

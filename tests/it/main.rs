@@ -8,6 +8,7 @@ mod support;
 
 mod capture;
 mod cli;
+mod cluster;
 mod cms;
 mod durability;
 mod hygiene;

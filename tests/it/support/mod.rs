@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod client;
+pub mod cluster;
 pub mod node;
 pub mod origin;
 pub mod php;

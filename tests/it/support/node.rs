@@ -14,6 +14,10 @@ use copyist::shutdown::{self, Trigger};
 /// verbatim (whole sections, e.g. `[capture]` rules).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Opts<'a> {
+    /// Node name (default "test-writer").
+    pub name: &'a str,
+    /// "writer" (default) or "mirror".
+    pub role: &'a str,
     pub public: &'a str,
     pub origin: &'a str,
     pub extra: &'a str,
@@ -22,11 +26,13 @@ pub struct Opts<'a> {
 /// The config a test node runs with.
 pub fn config_text(data_dir: &Path, origin: &str, opts: Opts<'_>) -> String {
     let (public_extra, origin_extra, extra) = (opts.public, opts.origin, opts.extra);
+    let name = if opts.name.is_empty() { "test-writer" } else { opts.name };
+    let role = if opts.role.is_empty() { "writer" } else { opts.role };
     format!(
         r#"
 [node]
-name = "test-writer"
-role = "writer"
+name = "{name}"
+role = "{role}"
 data_dir = "{data}"
 
 [public]
@@ -50,6 +56,8 @@ listen = "127.0.0.1:0"
 pub struct TestNode {
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The replication listener, when configured.
+    pub replication: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: Config,
     trigger: Trigger,
@@ -75,7 +83,7 @@ impl TestNode {
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let node = Node::build(config.clone()).await.unwrap();
-        let (public, admin) = (node.public_addr(), node.admin_addr());
+        let (public, admin, replication) = (node.public_addr(), node.admin_addr(), node.replication_addr());
         let (trigger, rx) = shutdown::channel();
         let task = tokio::spawn(async move {
             node.run(rx).await.unwrap();

@@ -367,6 +367,8 @@ fn settle_decision(
                 body_len: c.len,
                 duration_us,
                 error: None,
+                fields: Vec::new(),
+                masked_digest: None,
             };
             (event, outcome, Ok(c))
         }
@@ -384,6 +386,8 @@ fn settle_decision(
                 body_len: 0,
                 duration_us,
                 error: Some(crate::error::error_chain(&e)),
+                fields: Vec::new(),
+                masked_digest: None,
             };
             (event, outcome, Err(e))
         }

@@ -32,8 +32,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{IVec, Transactional, Tree};
 
 pub use entry::{
-    BodyRef, Entry, EntryState, Event, IllegalTransition, MultipartIndex, Outcome, PartInfo,
-    RequestRecord, Seq,
+    AuditRecord, BodyRef, Entry, EntryState, Event, Halt, IllegalTransition, MultipartIndex,
+    Outcome, PartInfo, RequestRecord, Seq,
 };
 
 use codec::{decode_entry, decode_u64, encode_entry, encode_u64, key_seq, seq_key};
@@ -207,6 +207,10 @@ impl Log {
             request,
             outcome: None,
             settled_unix_ms: None,
+            writer_state: None,
+            mirror_outcome: None,
+            halt: None,
+            audit: Vec::new(),
         };
         let writes = [
             Write::Entry(seq, encode_entry(&entry)?.into()),

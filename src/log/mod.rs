@@ -36,6 +36,8 @@ mod durable;
 mod entry;
 mod mirror_side;
 #[cfg(test)]
+mod replication_tests;
+#[cfg(test)]
 mod tests;
 mod writer_side;
 

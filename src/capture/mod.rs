@@ -376,6 +376,8 @@ fn settle_decision(
                 body_len: c.len,
                 duration_us,
                 error: None,
+                fields: Vec::new(),
+                masked_digest: None,
             };
             (event, outcome, Ok(c))
         }
@@ -393,6 +395,8 @@ fn settle_decision(
                 body_len: 0,
                 duration_us,
                 error: Some(crate::error::error_chain(&e)),
+                fields: Vec::new(),
+                masked_digest: None,
             };
             (event, outcome, Err(e))
         }

@@ -1,45 +1,69 @@
-//! How entries and log keys are laid out as bytes: one version byte, then postcard, for
-//! values; big-endian `u64` for keys, so that sled's byte order is seq order. This file owns
-//! the on-disk format and nothing else: it must not touch sled or the filesystem, and it must
-//! never panic on bytes read from disk (unknown versions and damaged bytes are
-//! `LogError::Codec`).
+//! How entries, meta values and log keys are laid out as bytes: one version byte, then
+//! postcard, for values; big-endian `u64` for keys, so that sled's byte order is seq order.
+//! This file owns the on-disk format and nothing else: it must not touch sled or the
+//! filesystem, and it must never panic on bytes read from disk (unknown versions and damaged
+//! bytes are `LogError::Codec`).
 //!
 //! Changing a stored type in a way postcard cannot read back (adding or reordering a struct
-//! field, inserting an enum variant) needs a new version byte and a decoder for the old one.
+//! field, inserting an enum variant) needs a new version byte and, once logs exist in the
+//! field, a decoder for the old one.
+//!
+//! History: version 1 was `Entry` before the mirror fields (`writer_state`, `mirror_outcome`,
+//! `halt`, `audit`, and `Outcome::fields`, `masked_digest`). It was never released, so this
+//! build refuses it with a message saying so rather than carry a decoder for it.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::entry::{Entry, Seq};
 use super::LogError;
 
-/// The current encoding: postcard of [`Entry`] as defined in `entry.rs`.
+/// The retired pre-release encoding (see the module docs).
 const VERSION_1: u8 = 1;
+/// The current encoding: postcard of the types as defined in `entry.rs` and `mod.rs`.
+const VERSION_2: u8 = 2;
 
-/// Encodes an entry as `[VERSION_1] ++ postcard(entry)`.
+/// Encodes an entry as `[VERSION_2] ++ postcard(entry)`.
 pub(crate) fn encode_entry(entry: &Entry) -> Result<Vec<u8>, LogError> {
-    let mut out = vec![VERSION_1];
-    postcard::to_io(entry, &mut out)
-        .map_err(|e| LogError::Codec(format!("cannot encode entry {}: {e}", entry.seq)))?;
-    Ok(out)
+    encode_value(entry)
+        .map_err(|e| LogError::Codec(format!("cannot encode entry {}: {e}", entry.seq)))
 }
 
 /// Decodes bytes written by [`encode_entry`] (any version this build knows).
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, LogError> {
+    decode_value(bytes, "entry")
+}
+
+/// Encodes any stored value (entry, halt, mirror control) as `[VERSION_2] ++ postcard`.
+pub(crate) fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, LogError> {
+    let mut out = vec![VERSION_2];
+    postcard::to_io(value, &mut out).map_err(|e| LogError::Codec(format!("cannot encode: {e}")))?;
+    Ok(out)
+}
+
+/// Decodes bytes written by [`encode_value`]; `what` names the value in errors.
+pub(crate) fn decode_value<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, LogError> {
     match bytes.split_first() {
-        Some((&VERSION_1, rest)) => {
-            let (entry, trailing) = postcard::take_from_bytes::<Entry>(rest)
-                .map_err(|e| LogError::Codec(format!("damaged entry (version 1): {e}")))?;
+        Some((&VERSION_2, rest)) => {
+            let (value, trailing) = postcard::take_from_bytes::<T>(rest)
+                .map_err(|e| LogError::Codec(format!("damaged {what} (version 2): {e}")))?;
             if !trailing.is_empty() {
                 return Err(LogError::Codec(format!(
-                    "damaged entry (version 1): {} trailing bytes",
+                    "damaged {what} (version 2): {} trailing bytes",
                     trailing.len()
                 )));
             }
-            Ok(entry)
+            Ok(value)
         }
+        Some((&VERSION_1, _)) => Err(LogError::Codec(format!(
+            "{what} in encoding version 1, a pre-release format this build no longer reads; \
+             move the log directory aside and start with an empty log"
+        ))),
         Some((version, _)) => Err(LogError::Codec(format!(
-            "unknown entry encoding version {version} (this build reads version {VERSION_1}); \
+            "unknown {what} encoding version {version} (this build reads version {VERSION_2}); \
              was the log written by a newer copyist?"
         ))),
-        None => Err(LogError::Codec("empty entry".to_owned())),
+        None => Err(LogError::Codec(format!("empty {what}"))),
     }
 }
 
@@ -76,17 +100,36 @@ mod tests {
     fn round_trip() {
         let entry = sample_entry(42);
         let bytes = encode_entry(&entry).unwrap();
-        assert_eq!(bytes[0], VERSION_1);
+        assert_eq!(bytes[0], VERSION_2);
         assert_eq!(decode_entry(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn round_trip_of_a_mirror_entry_with_every_field() {
+        let entry = crate::log::tests::sample_mirror_entry(9);
+        assert!(entry.halt.is_some() && !entry.audit.is_empty());
+        let bytes = encode_entry(&entry).unwrap();
+        assert_eq!(decode_entry(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn version_1_is_refused_with_a_clear_message() {
+        let mut bytes = encode_entry(&sample_entry(1)).unwrap();
+        bytes[0] = VERSION_1;
+        let err = decode_entry(&bytes).unwrap_err();
+        assert!(
+            matches!(err, LogError::Codec(ref m) if m.contains("pre-release")),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_version_is_an_error_not_a_panic() {
         let mut bytes = encode_entry(&sample_entry(1)).unwrap();
-        bytes[0] = 2;
+        bytes[0] = 3;
         let err = decode_entry(&bytes).unwrap_err();
         assert!(
-            matches!(err, LogError::Codec(ref m) if m.contains("version 2")),
+            matches!(err, LogError::Codec(ref m) if m.contains("version 3")),
             "{err}"
         );
         bytes[0] = 0;

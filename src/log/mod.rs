@@ -1,27 +1,45 @@
 //! The log: every captured request as a numbered entry, stored durably in sled before the
-//! origin sees it. This module owns the `log/` directory and is the only code that names
-//! sled. It must not know about HTTP, the origin or peers, and must not touch the blob store:
-//! entries only *name* blobs by hash.
+//! origin sees it; on a mirror, every entry the writer shipped, stored durably before the
+//! mirror's origin sees it, with its apply state and the mirror's halt. This module owns the
+//! `log/` directory and is the only code that names sled. It must not know about HTTP, the
+//! origin or peers, and must not touch the blob store: entries only *name* blobs by hash.
 //!
 //! # Durability
-//! Every write (`append_pending`, `settle`, crash recovery at `open`) is one sled transaction,
-//! then `flush()`, then an fsync of sled's files (see `durable.rs` for why `flush()` alone is
-//! not enough). A write returns only after all three; that is what lets capture forward a
-//! request to the origin. Any failure in those steps latches the log as poisoned: every later
-//! write fails with [`LogError::Poisoned`] without touching the disk, until restart. (After a
-//! failed fsync Linux may mark the dirty pages clean, so a retry could "succeed" while the
-//! data is lost; failing closed is the only honest answer.)
+//! Every write (`append_pending`, `settle`, `resolve`, `set_paused`, `begin_apply`,
+//! `record_rejected`, `finish_apply`, `retry`, `skip`, crash recovery at `open`) is one sled
+//! transaction, then `flush()`, then an fsync of sled's files (see `durable.rs` for why
+//! `flush()` alone is not enough). A write returns only after all three; that is what lets
+//! capture forward a request to the origin, and apply replay one. Any failure in those steps
+//! latches the log as poisoned: every later write fails with [`LogError::Poisoned`] without
+//! touching the disk, until restart. (After a failed fsync Linux may mark the dirty pages
+//! clean, so a retry could "succeed" while the data is lost; failing closed is the only honest
+//! answer.)
+//!
+//! The one exception is a mirror's shipping cursor ([`Log::set_cursor`]): written to sled
+//! without a flush of its own, so it reaches the disk with the next durable write, sled's
+//! periodic flush or a clean shutdown. Losing it only makes the shipper resend entries the
+//! mirror already has, which the mirror answers from its log.
 //!
 //! # Layout
-//! Three sled trees: `entries` (seq → entry, key big-endian so iteration is in seq order),
-//! `meta` (`next_seq`, and later node id, role, epoch), `unsettled` (seq → empty, the entries
-//! still `Pending`, so recovery at open need not scan the whole log).
+//! Four sled trees:
+//! * `entries`: seq → entry, key big-endian so iteration is in seq order. On a mirror the seq
+//!   is the writer's.
+//! * `meta`: `next_seq`; on a mirror `applied_seq`, `halt` (absent while streaming) and
+//!   `retry` (the halted seq an operator released for one more apply); on the writer
+//!   `cursor/<mirror>` and `mirror/<mirror>` (paused flag and its audit trail).
+//! * `unsettled`: seq → empty, the entries still `Pending` (writer) or `Applying` (mirror), so
+//!   recovery at open need not scan the whole log.
+//! * `cookies` (mirror): cookie name + writer's value → the mirror's value.
 
 mod codec;
 mod durable;
 mod entry;
+mod mirror_side;
+#[cfg(test)]
+mod replication_tests;
 #[cfg(test)]
 mod tests;
+mod writer_side;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,19 +48,26 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{IVec, Transactional, Tree};
+use tokio::sync::watch;
 
 pub use entry::{
-    BodyRef, Entry, EntryState, Event, IllegalTransition, MultipartIndex, Outcome, PartInfo,
-    RequestRecord, Seq,
+    AuditRecord, BodyRef, Entry, EntryState, Event, Halt, IllegalTransition, MultipartIndex,
+    Outcome, PartInfo, RequestRecord, Seq,
 };
 
-use codec::{decode_entry, decode_u64, encode_entry, encode_u64, key_seq, seq_key};
+use codec::{decode_entry, decode_u64, decode_value, encode_entry, encode_u64, key_seq, seq_key};
 use durable::{io_err, SyncStats, Syncer};
 
 /// The `meta` key holding the next sequence number to assign (big-endian u64). Stored in the
 /// same transaction as each new entry so that a seq, once handed out, is never handed out
 /// again, even after the entries themselves are removed by retention.
 const META_NEXT_SEQ: &[u8] = b"next_seq";
+/// Mirror: the highest seq finished here (applied, skipped or stored rejected); big-endian u64.
+const META_APPLIED_SEQ: &[u8] = b"applied_seq";
+/// Mirror: the current [`Halt`], encoded like an entry; absent while streaming.
+const META_HALT: &[u8] = b"halt";
+/// Mirror: the halted seq an operator released with `retry`, until `begin_apply` takes it.
+const META_RETRY: &[u8] = b"retry";
 
 // === impl LogError ===
 
@@ -74,6 +99,57 @@ pub enum LogError {
     /// An earlier write failed; the log refuses writes until the node restarts.
     #[error("log: refusing writes after an earlier write failure; restart the node")]
     Poisoned,
+    /// Mirror: a shipped entry is not the next one. `got < expected` is a resend of an entry
+    /// this mirror already finished (its stored result is in [`Log::get`]); `got > expected`
+    /// is a gap.
+    #[error("log: out of order: expected seq {expected}, got {got}")]
+    OutOfOrder {
+        /// The seq this mirror accepts next (`applied_seq + 1`).
+        expected: Seq,
+        /// The seq that was offered.
+        got: Seq,
+    },
+    /// Mirror: halted; nothing more is applied until an operator retries or skips.
+    #[error("log: {0}")]
+    Halted(Halt),
+    /// Mirror: `retry` while streaming (nothing to retry).
+    #[error("log: not halted")]
+    NotHalted,
+    /// Mirror: `skip` of a seq the mirror is not halted at.
+    #[error("log: cannot skip {seq}: {}", match .halted {
+        Some(h) => format!("the mirror is halted at {h}"),
+        None => "the mirror is not halted".to_owned(),
+    })]
+    NotHaltedAt {
+        /// The seq the operator asked to skip.
+        seq: Seq,
+        /// Where the mirror is halted, if it is.
+        halted: Option<Seq>,
+    },
+    /// Writer: `resolve` of an entry that is not in doubt.
+    #[error("log: entry {0} is not in doubt")]
+    NotInDoubt(Seq),
+    /// Writer: `resolve` of an entry that was replayed from a writer (this node is a mirror);
+    /// a mirror's in-doubt entry is settled with `retry` or `skip`.
+    #[error("log: entry {0} was replayed from the writer; use retry or skip on a mirror")]
+    ReplayedEntry(Seq),
+    /// Mirror: the entry is `Applying` already (a resend raced the first attempt).
+    #[error("log: entry {0} is being applied")]
+    ApplyInProgress(Seq),
+    /// Mirror: a shipped entry is in a state that cannot be stored this way (`begin_apply`
+    /// takes `Accepted` entries, `record_rejected` takes `Rejected` ones).
+    #[error("log: entry {seq} was shipped {state}, expected {expected}")]
+    ShippedState {
+        /// The shipped entry.
+        seq: Seq,
+        /// The state it was shipped in.
+        state: EntryState,
+        /// The state this call takes.
+        expected: EntryState,
+    },
+    /// Mirror: a retried entry's request differs from the one stored under that seq.
+    #[error("log: entry {0} was shipped again with a different request")]
+    ConflictingEntry(Seq),
 }
 
 // === impl Log ===
@@ -90,10 +166,17 @@ struct Inner {
     entries: Tree,
     meta: Tree,
     unsettled: Tree,
+    cookies: Tree,
     /// Serialises writes: seq assignment and "commit then fsync" must not interleave.
     writer: Mutex<Writer>,
     /// The highest seq assigned, readable without the lock.
     last: AtomicU64,
+    /// Mirror: the highest seq finished; changed only under the writer lock after a commit.
+    applied: AtomicU64,
+    /// Mirror: the current halt; changed only under the writer lock after a commit.
+    halt: Mutex<Option<Halt>>,
+    /// Writer: the highest settled seq, for shippers.
+    settled: watch::Sender<Seq>,
     /// Latched by any failed write, flush or fsync.
     poisoned: AtomicBool,
     stats: Arc<SyncStats>,
@@ -103,6 +186,8 @@ struct Inner {
 struct Writer {
     /// The seq the next `append_pending` gets.
     next: Seq,
+    /// Mirror: the halted seq released by `retry`, until `begin_apply` takes it.
+    retry: Option<Seq>,
     syncer: Syncer,
 }
 
@@ -112,6 +197,19 @@ enum Write {
     NextSeq(Seq),
     Unsettled(Seq),
     Settled(Seq),
+    Meta(Vec<u8>, IVec),
+    MetaRemove(Vec<u8>),
+    Cookie(Vec<u8>, IVec),
+}
+
+impl Write {
+    fn entry(entry: &Entry) -> Result<Write, LogError> {
+        Ok(Write::Entry(entry.seq, encode_entry(entry)?.into()))
+    }
+
+    fn meta_u64(key: &[u8], value: u64) -> Write {
+        Write::Meta(key.to_vec(), IVec::from(&encode_u64(value)[..]))
+    }
 }
 
 impl Log {
@@ -131,20 +229,37 @@ impl Log {
         let entries = db.open_tree("entries")?;
         let meta = db.open_tree("meta")?;
         let unsettled = db.open_tree("unsettled")?;
+        let cookies = db.open_tree("cookies")?;
         // Before any entry is written: make what sled created or recovered (files, the trees
         // just opened) durable, fsyncing the files sled never fsyncs itself.
         db.flush()?;
         let stats = Arc::new(SyncStats::default());
         let syncer = Syncer::open(dir, stats.clone())?;
         let next = next_seq(&entries, &meta)?;
+        let applied = read_u64(&meta, META_APPLIED_SEQ)?.unwrap_or(0);
+        let retry = read_u64(&meta, META_RETRY)?.map(Seq);
+        let halt = match meta.get(META_HALT)? {
+            Some(bytes) => Some(decode_value::<Halt>(&bytes, "halt")?),
+            None => None,
+        };
+        let last = Seq(next.0 - 1);
         let log = Log {
             inner: Arc::new(Inner {
                 db,
                 entries,
                 meta,
                 unsettled,
-                writer: Mutex::new(Writer { next, syncer }),
-                last: AtomicU64::new(next.0 - 1),
+                cookies,
+                writer: Mutex::new(Writer {
+                    next,
+                    retry,
+                    syncer,
+                }),
+                last: AtomicU64::new(last.0),
+                applied: AtomicU64::new(applied),
+                halt: Mutex::new(halt),
+                // After recovery nothing is pending: everything up to `last` is settled.
+                settled: watch::Sender::new(last),
                 poisoned: AtomicBool::new(false),
                 stats,
             }),
@@ -153,11 +268,13 @@ impl Log {
         Ok((log, recovered))
     }
 
-    /// Turns every `Pending` entry `InDoubt`, in one durable commit.
+    /// Turns every `Pending` entry (writer) and every `Applying` entry (mirror) `InDoubt`, and
+    /// halts a mirror at the first such entry, in one durable commit.
     fn recover(&self) -> Result<Vec<Seq>, LogError> {
         let mut writer = self.lock_writer()?;
         let mut writes = Vec::new();
         let mut recovered = Vec::new();
+        let mut halt = None;
         for key in self.inner.unsettled.iter().keys() {
             let seq = key_seq(&key?)?;
             writes.push(Write::Settled(seq));
@@ -165,6 +282,7 @@ impl Log {
                 tracing::warn!(%seq, "unsettled index names a missing entry; dropping it");
                 continue;
             };
+            let was = entry.state;
             entry.state = match entry.state.next(Event::CrashRecovered) {
                 Ok(state) => state,
                 Err(illegal) => {
@@ -172,13 +290,53 @@ impl Log {
                     continue;
                 }
             };
-            entry.settled_unix_ms = Some(now_unix_ms());
-            writes.push(Write::Entry(seq, encode_entry(&entry)?.into()));
+            if was == EntryState::Applying {
+                // UNKNOWN and HALT: the mirror's origin may have applied it. Never guess.
+                let this = Halt {
+                    seq,
+                    reason: Halt::IN_DOUBT.to_owned(),
+                    detail: format!(
+                        "crashed while applying seq={seq}: the mirror's CMS may or may not have \
+                         applied it"
+                    ),
+                };
+                entry.halt = Some(this.clone());
+                // Keys iterate in seq order: the first one is where the mirror stops.
+                if halt.is_none() {
+                    halt = Some(this);
+                }
+            } else {
+                entry.settled_unix_ms = Some(now_unix_ms());
+            }
+            writes.push(Write::entry(&entry)?);
             recovered.push(seq);
         }
+        let current = self.lock_halt().clone();
+        let halt = match (current, halt) {
+            (None, Some(halt)) => {
+                writes.push(Write::Meta(
+                    META_HALT.to_vec(),
+                    codec::encode_value(&halt)?.into(),
+                ));
+                Some(halt)
+            }
+            (Some(current), Some(found)) => {
+                // Cannot happen (nothing is applied while halted); keep the older halt.
+                tracing::warn!(%current, %found, "in-doubt apply found on a halted mirror");
+                None
+            }
+            (_, None) => None,
+        };
         if !writes.is_empty() {
             self.commit(&mut writer, &writes)?;
-            tracing::warn!(?recovered, "entries found pending at open are now in-doubt");
+            tracing::warn!(
+                ?recovered,
+                "entries found pending or applying at open are now in-doubt"
+            );
+        }
+        if let Some(halt) = halt {
+            tracing::error!(%halt, "mirror halted: crashed while applying");
+            *self.lock_halt() = Some(halt);
         }
         Ok(recovered)
     }
@@ -207,6 +365,10 @@ impl Log {
             request,
             outcome: None,
             settled_unix_ms: None,
+            writer_state: None,
+            mirror_outcome: None,
+            halt: None,
+            audit: Vec::new(),
         };
         let writes = [
             Write::Entry(seq, encode_entry(&entry)?.into()),
@@ -220,19 +382,30 @@ impl Log {
     }
 
     /// Records the origin's answer for a `Pending` entry and moves it on according to
-    /// `event`; returns the new state. Durable when this returns, so the answer the client
-    /// gets always matches what the mirrors will be told.
+    /// `event` (`OriginAccepted`, `OriginRejected` or `OutcomeUnknown`; any other event is
+    /// refused); returns the new state. Durable when this returns, so the answer the client
+    /// gets always matches what the mirrors will be told. Wakes [`Log::subscribe`]rs.
     pub fn settle(&self, seq: Seq, event: Event, outcome: Outcome) -> Result<EntryState, LogError> {
         let mut writer = self.lock_writer()?;
         let mut entry = self.get(seq)?.ok_or(LogError::NotFound(seq))?;
+        if entry.state != EntryState::Pending
+            || !matches!(
+                event,
+                Event::OriginAccepted | Event::OriginRejected | Event::OutcomeUnknown
+            )
+        {
+            return Err(IllegalTransition {
+                from: entry.state,
+                event,
+            }
+            .into());
+        }
         entry.state = entry.state.next(event)?;
         entry.outcome = Some(outcome);
         entry.settled_unix_ms = Some(now_unix_ms());
-        let writes = [
-            Write::Entry(seq, encode_entry(&entry)?.into()),
-            Write::Settled(seq),
-        ];
+        let writes = [Write::entry(&entry)?, Write::Settled(seq)];
         self.commit(&mut writer, &writes)?;
+        self.publish_settled(seq, false);
         Ok(entry.state)
     }
 
@@ -310,19 +483,27 @@ impl Log {
         result
     }
 
-    /// One sled transaction over the three trees. sled makes a multi-tree transaction
+    /// One sled transaction over the four trees. sled makes a multi-tree transaction
     /// atomic across crashes (`transaction.rs` 404-414: the writes are sealed as one batch).
     fn transact(&self, writes: &[Write]) -> Result<(), LogError> {
         let inner = &*self.inner;
-        let trees = (&inner.entries, &inner.meta, &inner.unsettled);
+        let trees = (
+            &inner.entries,
+            &inner.meta,
+            &inner.unsettled,
+            &inner.cookies,
+        );
         trees
-            .transaction(|(entries, meta, unsettled)| {
+            .transaction(|(entries, meta, unsettled, cookies)| {
                 for write in writes {
                     match write {
                         Write::Entry(seq, bytes) => entries.insert(&seq_key(*seq), bytes.clone()),
                         Write::NextSeq(seq) => meta.insert(META_NEXT_SEQ, &encode_u64(seq.0)),
                         Write::Unsettled(seq) => unsettled.insert(&seq_key(*seq), &[]),
                         Write::Settled(seq) => unsettled.remove(&seq_key(*seq)),
+                        Write::Meta(key, value) => meta.insert(key.as_slice(), value.clone()),
+                        Write::MetaRemove(key) => meta.remove(key.as_slice()),
+                        Write::Cookie(key, value) => cookies.insert(key.as_slice(), value.clone()),
                     }?;
                 }
                 Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(())
@@ -337,6 +518,40 @@ impl Log {
     fn poison(&self) -> LogError {
         self.inner.poisoned.store(true, Ordering::SeqCst);
         LogError::Poisoned
+    }
+
+    /// The current halt. A panic elsewhere while holding this lock cannot leave the value
+    /// half-written (it is replaced whole), so a poisoned lock is still read.
+    fn lock_halt(&self) -> MutexGuard<'_, Option<Halt>> {
+        self.inner
+            .halt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Tells subscribers that `seq` is settled. `always`: wake them even if the value does not
+    /// grow (a resolve below the current value changes what they may ship).
+    fn publish_settled(&self, seq: Seq, always: bool) {
+        self.inner.settled.send_if_modified(|value| {
+            let grew = seq > *value;
+            if grew {
+                *value = seq;
+            }
+            grew || always
+        });
+    }
+}
+
+/// Reads a big-endian u64 meta value.
+fn read_u64(meta: &Tree, key: &[u8]) -> Result<Option<u64>, LogError> {
+    match meta.get(key)? {
+        Some(bytes) => decode_u64(&bytes).map(Some).map_err(|len| {
+            LogError::Codec(format!(
+                "meta {} of {len} bytes",
+                String::from_utf8_lossy(key)
+            ))
+        }),
+        None => Ok(None),
     }
 }
 

@@ -43,6 +43,8 @@ pub(super) fn sample_outcome(status: u16) -> Outcome {
         body_len: 0,
         duration_us: 1234,
         error: None,
+        fields: Vec::new(),
+        masked_digest: None,
     }
 }
 
@@ -54,12 +56,40 @@ pub(super) fn sample_entry(seq: u64) -> Entry {
         request: sample_request(b"title=x"),
         outcome: Some(sample_outcome(302)),
         settled_unix_ms: Some(1_700_000_000_100),
+        writer_state: None,
+        mirror_outcome: None,
+        halt: None,
+        audit: Vec::new(),
     }
 }
 
-const CACHE: u64 = 4 * 1024 * 1024;
+/// A mirror-side entry with every optional field set.
+pub(super) fn sample_mirror_entry(seq: u64) -> Entry {
+    let mut mirror_outcome = sample_outcome(500);
+    mirror_outcome.fields = vec![("/id".into(), "43".into())];
+    mirror_outcome.masked_digest = Some(BlobHash::of_empty());
+    Entry {
+        state: EntryState::Diverged,
+        writer_state: Some(EntryState::Accepted),
+        mirror_outcome: Some(mirror_outcome),
+        halt: Some(Halt {
+            seq: Seq(seq),
+            reason: "status_mismatch".into(),
+            detail: format!("status_mismatch seq={seq} writer=302 mirror=500"),
+        }),
+        audit: vec![AuditRecord {
+            unix_ms: 1_700_000_000_200,
+            action: "retry".into(),
+            reason: "fixed permissions".into(),
+            by: "cli".into(),
+        }],
+        ..sample_entry(seq)
+    }
+}
 
-fn open(dir: &tempfile::TempDir) -> (Log, Vec<Seq>) {
+pub(super) const CACHE: u64 = 4 * 1024 * 1024;
+
+pub(super) fn open(dir: &tempfile::TempDir) -> (Log, Vec<Seq>) {
     Log::open(&dir.path().join("log"), CACHE).unwrap()
 }
 

@@ -376,8 +376,8 @@ fn settle_decision(
                 body_len: c.len,
                 duration_us,
                 error: None,
-                fields: Vec::new(),
-                masked_digest: None,
+                fields: observed.fields,
+                masked_digest: observed.masked_digest,
             };
             (event, outcome, Ok(c))
         }

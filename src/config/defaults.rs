@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use super::StatusRange;
+use super::{StatusCompare, StatusRange};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -105,3 +105,46 @@ pub const MASK_FIELDS: &[&str] = &[
 /// `log.cache_capacity`: sled's page cache. The log is read mostly at its tail (shipping), so a
 /// modest cache serves it; sled's own default (1 GiB) is too much for a sidecar.
 pub const LOG_CACHE_CAPACITY: u64 = 64 * MIB;
+
+// === [replication] ===
+
+/// `replication.window`: entries in flight to one mirror. The mirror applies them one after
+/// another anyway; the window only hides the round trip. 32 keeps a mirror 50 ms away busy
+/// when its CMS applies an entry in 2 ms or more, while bounding what a resend after a broken
+/// connection repeats (resends are harmless, but not free).
+pub const REPLICATION_WINDOW: usize = 32;
+
+/// `replication.retry_max`: the longest backoff between transport retries. Short, because a
+/// mirror that comes back should catch up soon, and a retry costs one connection attempt.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// `replication.request_timeout`: the longest wait for a mirror's answer to one entry. The
+/// answer waits on the mirror's CMS, which the mirror bounds with its own
+/// `origin.response_timeout` ([`RESPONSE_TIMEOUT`], 60 s); waiting longer would only hide a
+/// stuck connection. A timed-out entry is sent again, and a resend of an applied entry returns
+/// its recorded result, so a timeout never applies anything twice.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+// === [compare] ===
+
+/// Path pattern of the `[compare]` rule itself: it applies wherever no `[[compare.rule]]` does.
+pub const COMPARE_PATH: &str = "/*";
+
+/// `compare.status`: a replayed request must get the very status the writer's got; a CMS that
+/// answers 201 on one node and 200 on another is already doing something different.
+pub const COMPARE_STATUS: StatusCompare = StatusCompare::Exact;
+
+/// `compare.location`: a redirect after a create names the new item (`/article/42`); comparing
+/// it (without scheme and host, which differ per node) catches a mirror that made item 43.
+pub const COMPARE_LOCATION: bool = true;
+
+/// `compare.json_fields`: none by default, because which fields identify what a request
+/// created depends on the application (`/id`, `/data/id`…).
+pub const COMPARE_JSON_FIELDS: &[&str] = &[];
+
+/// `compare.body`: off by default, because most pages carry something per-node or per-request
+/// (dates, nonces, the host name) that must be listed in `volatile` first.
+pub const COMPARE_BODY: bool = false;
+
+/// `compare.volatile`: nothing is masked by default; what varies is application-specific.
+pub const COMPARE_VOLATILE: &[&str] = &[];

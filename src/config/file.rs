@@ -9,10 +9,13 @@
 
 use std::ops::Range;
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 use toml::Spanned;
 
 use super::error::Problems;
+use reader::{boolean, integer, scalar, string, Reader};
+
+mod reader;
 
 /// Byte offsets of something in the config text.
 pub(super) type Span = Range<usize>;
@@ -56,6 +59,10 @@ pub(super) struct FileConfig {
     pub(super) admin: Found<FileAdmin>,
     pub(super) capture: Found<FileCapture>,
     pub(super) log: Found<FileLog>,
+    pub(super) replication: Found<FileReplication>,
+    pub(super) mirrors: Vec<FilePeer>,
+    pub(super) writer: Found<FilePeer>,
+    pub(super) compare: Found<FileCompare>,
 }
 
 /// `[node]`.
@@ -128,12 +135,57 @@ pub(super) struct FileLog {
     pub(super) cache_capacity: Key<Scalar>,
 }
 
+/// `[replication]`.
+#[derive(Debug)]
+pub(super) struct FileReplication {
+    pub(super) listen: Key<String>,
+    pub(super) ca: Key<String>,
+    pub(super) cert: Key<String>,
+    pub(super) key: Key<String>,
+    pub(super) window: Key<i64>,
+    pub(super) retry_max: Key<String>,
+    pub(super) request_timeout: Key<String>,
+}
+
+/// One `[[mirrors]]`, or `[writer]`: another node by name and replication URL.
+#[derive(Debug)]
+pub(super) struct FilePeer {
+    pub(super) name: Key<String>,
+    pub(super) url: Key<String>,
+}
+
+/// `[compare]` with its `[[compare.rule]]`s.
+#[derive(Debug)]
+pub(super) struct FileCompare {
+    pub(super) keys: FileCompareKeys,
+    pub(super) rules: Vec<FileCompareRule>,
+}
+
+/// One `[[compare.rule]]`: a path, and the keys that differ from `[compare]`.
+#[derive(Debug)]
+pub(super) struct FileCompareRule {
+    pub(super) path: Key<String>,
+    pub(super) keys: FileCompareKeys,
+}
+
+/// The comparison keys shared by `[compare]` and `[[compare.rule]]`.
+#[derive(Debug)]
+pub(super) struct FileCompareKeys {
+    pub(super) status: Key<String>,
+    pub(super) location: Key<bool>,
+    pub(super) json_fields: Key<Vec<Spanned<String>>>,
+    pub(super) body: Key<bool>,
+    pub(super) volatile: Key<Vec<Spanned<String>>>,
+}
+
 // What each kind of value should look like, for type-mismatch messages.
 const ADDRESS: &str = "a socket address string such as \"127.0.0.1:8080\"";
 const DURATION: &str = "a duration string such as \"30s\"";
 const SIZE: &str = "a size such as \"64MiB\" or an integer number of bytes";
 const COUNT: &str = "an integer";
 const STRING: &str = "a string";
+const PATH: &str = "a file path string";
+const BOOLEAN: &str = "true or false";
 
 impl FileConfig {
     /// Parses `src`. Returns `None` only for TOML syntax errors (all recorded in `problems`);
@@ -155,6 +207,10 @@ impl FileConfig {
             admin: root.section("admin", FileAdmin::read),
             capture: root.section("capture", FileCapture::read),
             log: root.section("log", FileLog::read),
+            replication: root.section("replication", FileReplication::read),
+            mirrors: root.sections("mirrors", FilePeer::read_mirror),
+            writer: root.section("writer", FilePeer::read_writer),
+            compare: root.section("compare", FileCompare::read),
         };
         problems.append(root.finish());
         Some(file)
@@ -179,8 +235,8 @@ impl FilePublic {
         );
         FilePublic {
             listen: r.value("listen", ADDRESS, string),
-            tls_cert: r.value("tls_cert", "a file path string", string),
-            tls_key: r.value("tls_key", "a file path string", string),
+            tls_cert: r.value("tls_cert", PATH, string),
+            tls_key: r.value("tls_key", PATH, string),
             trusted_proxies: r.array("trusted_proxies", networks, string),
             header_read_timeout: r.value("header_read_timeout", DURATION, string),
             body_read_timeout: r.value("body_read_timeout", DURATION, string),
@@ -263,285 +319,71 @@ impl FileLog {
     }
 }
 
-// === impl Reader ===
-
-/// Walks one table of the spanned document, remembering which keys were asked for so that
-/// [`Reader::finish`] can report the rest as unknown.
-struct Reader<'a, 'i> {
-    table: &'a DeTable<'i>,
-    /// Dotted name of this table in problems (`public`, `capture.rule[2]`); empty at the root.
-    prefix: String,
-    /// Span of the table's header, where its missing keys are reported.
-    header: Span,
-    /// What an unknown entry is called here: "key", or "section" at the root.
-    noun: &'static str,
-    known: Vec<&'static str>,
-    problems: Problems,
-}
-
-impl<'a, 'i> Reader<'a, 'i> {
-    fn new(table: &'a DeTable<'i>, prefix: String, header: Span, noun: &'static str) -> Self {
-        Reader {
-            table,
-            prefix,
-            header,
-            noun,
-            known: Vec::new(),
-            problems: Problems::default(),
+impl FileReplication {
+    fn read(r: &mut Reader<'_, '_>) -> FileReplication {
+        FileReplication {
+            listen: r.value("listen", ADDRESS, string),
+            ca: r.value("ca", PATH, string),
+            cert: r.value("cert", PATH, string),
+            key: r.value("key", PATH, string),
+            window: r.value("window", COUNT, integer),
+            retry_max: r.value("retry_max", DURATION, string),
+            request_timeout: r.value("request_timeout", DURATION, string),
         }
-    }
-
-    fn key(&self, name: &str) -> String {
-        if self.prefix.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}.{name}", self.prefix)
-        }
-    }
-
-    fn get(&mut self, name: &'static str) -> Option<&'a Spanned<DeValue<'i>>> {
-        self.known.push(name);
-        self.table.get(name)
-    }
-
-    /// Reads a scalar key with `convert`, recording a mismatch at the value.
-    fn value<T>(&mut self, name: &'static str, expected: &str, convert: Convert<T>) -> Key<T> {
-        let found = match self.get(name) {
-            None => Found::Absent,
-            Some(value) => match convert(value.get_ref(), expected) {
-                Ok(v) => Found::Present(Spanned::new(value.span(), v)),
-                Err(message) => {
-                    let key = self.key(name);
-                    self.problems.push(value.span(), &key, message);
-                    Found::Invalid
-                }
-            },
-        };
-        self.found(name, found)
-    }
-
-    fn found<T>(&self, name: &str, value: Found<Spanned<T>>) -> Key<T> {
-        Key {
-            name: self.key(name),
-            header: self.header.clone(),
-            value,
-        }
-    }
-
-    /// Reads an array key, converting each element; every bad element is recorded.
-    fn array<T>(
-        &mut self,
-        name: &'static str,
-        expected: (&str, &str),
-        convert: Convert<T>,
-    ) -> Key<Vec<Spanned<T>>> {
-        let found = match self.get(name) {
-            None => Found::Absent,
-            Some(value) => self.items(&self.key(name), value, expected, convert),
-        };
-        self.found(name, found)
-    }
-
-    /// Converts each element of an array; every bad element is recorded.
-    fn items<T>(
-        &mut self,
-        key: &str,
-        value: &Spanned<DeValue<'_>>,
-        (expected_array, expected): (&str, &str),
-        convert: Convert<T>,
-    ) -> Found<Spanned<Vec<Spanned<T>>>> {
-        let DeValue::Array(items) = value.get_ref() else {
-            let message = mismatch(expected_array, value.get_ref());
-            self.problems.push(value.span(), key, message);
-            return Found::Invalid;
-        };
-        let mut out = Vec::with_capacity(items.len());
-        for item in items.iter() {
-            match convert(item.get_ref(), expected) {
-                Ok(v) => out.push(Spanned::new(item.span(), v)),
-                Err(message) => self.problems.push(item.span(), key, message),
-            }
-        }
-        if out.len() == items.len() {
-            Found::Present(Spanned::new(value.span(), out))
-        } else {
-            Found::Invalid
-        }
-    }
-
-    /// Reads a sub-table (`[capture.multipart]`, or an inline `{ … }`) with `read`.
-    fn section<T>(&mut self, name: &'static str, read: Read<T>) -> Found<T> {
-        let Some(value) = self.get(name) else {
-            return Found::Absent;
-        };
-        let key = self.key(name);
-        match value.get_ref() {
-            DeValue::Table(table) => Found::Present(self.nested(table, key, value.span(), read)),
-            other => {
-                let expected = format!("a table ([{key}])");
-                self.problems
-                    .push(value.span(), &key, mismatch(&expected, other));
-                Found::Invalid
-            }
-        }
-    }
-
-    /// Reads an array of tables (`[[capture.rule]]`), naming them `key[1]`, `key[2]`…
-    fn sections<T>(&mut self, name: &'static str, read: Read<T>) -> Vec<T> {
-        let Some(value) = self.get(name) else {
-            return Vec::new();
-        };
-        let key = self.key(name);
-        let expected = format!("an array of tables ([[{key}]])");
-        let DeValue::Array(items) = value.get_ref() else {
-            let message = mismatch(&expected, value.get_ref());
-            self.problems.push(value.span(), &key, message);
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            match item.get_ref() {
-                DeValue::Table(table) => {
-                    let prefix = format!("{key}[{}]", i + 1);
-                    out.push(self.nested(table, prefix, item.span(), read));
-                }
-                other => self
-                    .problems
-                    .push(item.span(), &key, mismatch(&expected, other)),
-            }
-        }
-        out
-    }
-
-    /// Runs `read` on a child table, then collects the child's problems (unknown keys included).
-    fn nested<T>(
-        &mut self,
-        table: &'a DeTable<'i>,
-        prefix: String,
-        header: Span,
-        read: Read<T>,
-    ) -> T {
-        let mut child = Reader::new(table, prefix, header, "key");
-        let out = read(&mut child);
-        self.problems.append(child.finish());
-        out
-    }
-
-    /// Records every key that was never asked for, and hands back all problems.
-    fn finish(mut self) -> Problems {
-        for (name, value) in self.table.iter() {
-            if self.known.contains(&name.get_ref().as_ref()) {
-                continue;
-            }
-            let key = self.key(name.get_ref());
-            let message = if self.prefix.is_empty() && !value.get_ref().is_table() {
-                "key outside any section (put it under its section's header, e.g. [public])"
-                    .to_owned()
-            } else {
-                unknown(self.noun, name.get_ref(), &self.known)
-            };
-            // A `[section]` header comes before its name: point at the header's '['.
-            let at = name.span().start.min(value.span().start);
-            self.problems.push(at..at, &key, message);
-        }
-        self.problems
     }
 }
 
-/// "unknown key (did you mean `listen`?)", or the list of known keys when nothing is close.
-fn unknown(noun: &str, name: &str, known: &[&str]) -> String {
-    let closest = known
-        .iter()
-        .map(|k| (edit_distance(name, k), *k))
-        .filter(|(d, _)| *d <= 2 && *d < name.len())
-        .min();
-    match closest {
-        Some((_, k)) => format!("unknown {noun} (did you mean \"{k}\"?)"),
-        None => format!("unknown {noun} (expected one of: {})", known.join(", ")),
+impl FilePeer {
+    fn read_mirror(r: &mut Reader<'_, '_>) -> FilePeer {
+        Self::read(r, "a URL string such as \"https://127.0.0.1:9444\"")
     }
-}
 
-/// Levenshtein distance, for "did you mean" on misspelt keys. Keys are short ASCII.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = prev[j] + usize::from(ca != *cb);
-            cur.push(substitute.min(prev[j + 1] + 1).min(cur[j] + 1));
+    fn read_writer(r: &mut Reader<'_, '_>) -> FilePeer {
+        Self::read(r, "a URL string such as \"https://127.0.0.1:9443\"")
+    }
+
+    fn read(r: &mut Reader<'_, '_>, url: &str) -> FilePeer {
+        FilePeer {
+            name: r.value("name", STRING, string),
+            url: r.value("url", url, string),
         }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-// === conversions from TOML values ===
-
-/// Reads one table into its raw struct.
-type Read<T> = fn(&mut Reader<'_, '_>) -> T;
-
-/// Turns a TOML value into a raw field, or says what was expected instead.
-type Convert<T> = fn(&DeValue<'_>, &str) -> Result<T, String>;
-
-fn string(value: &DeValue<'_>, expected: &str) -> Result<String, String> {
-    match value {
-        DeValue::String(s) => Ok(s.to_string()),
-        other => Err(mismatch(expected, other)),
     }
 }
 
-fn integer(value: &DeValue<'_>, expected: &str) -> Result<i64, String> {
-    match value {
-        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
-            .map_err(|_| format!("integer {i} is out of range")),
-        other => Err(mismatch(expected, other)),
+impl FileCompare {
+    fn read(r: &mut Reader<'_, '_>) -> FileCompare {
+        FileCompare {
+            keys: FileCompareKeys::read(r),
+            rules: r.sections("rule", FileCompareRule::read),
+        }
     }
 }
 
-fn scalar(value: &DeValue<'_>, expected: &str) -> Result<Scalar, String> {
-    match value {
-        DeValue::String(s) => Ok(Scalar::Str(s.to_string())),
-        DeValue::Integer(_) => integer(value, expected).map(Scalar::Int),
-        other => Err(mismatch(expected, other)),
+impl FileCompareRule {
+    fn read(r: &mut Reader<'_, '_>) -> FileCompareRule {
+        FileCompareRule {
+            path: r.value("path", "a path pattern string such as \"/api/*\"", string),
+            keys: FileCompareKeys::read(r),
+        }
     }
 }
 
-fn mismatch(expected: &str, found: &DeValue<'_>) -> String {
-    let found = match found {
-        DeValue::String(_) => "a string",
-        DeValue::Integer(_) => "an integer",
-        DeValue::Float(_) => "a float",
-        DeValue::Boolean(_) => "a boolean",
-        DeValue::Datetime(_) => "a datetime",
-        DeValue::Array(_) => "an array",
-        DeValue::Table(_) => "a table",
-    };
-    format!("expected {expected}, found {found}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn edit_distance_counts_single_edits() {
-        assert_eq!(edit_distance("listen", "listen"), 0);
-        assert_eq!(edit_distance("lisen", "listen"), 1);
-        assert_eq!(edit_distance("listne", "listen"), 2);
-        assert_eq!(edit_distance("", "abc"), 3);
-    }
-
-    #[test]
-    fn unknown_suggests_only_close_keys() {
-        let known = ["listen", "tls_cert"];
-        assert_eq!(
-            unknown("key", "lisen", &known),
-            "unknown key (did you mean \"listen\"?)"
+impl FileCompareKeys {
+    fn read(r: &mut Reader<'_, '_>) -> FileCompareKeys {
+        let pointers = (
+            "an array of JSON pointers",
+            "a JSON pointer string such as \"/id\"",
         );
-        assert_eq!(
-            unknown("key", "bogus", &known),
-            "unknown key (expected one of: listen, tls_cert)"
+        let regexes = (
+            "an array of regular expressions",
+            "a regular expression string",
         );
+        FileCompareKeys {
+            status: r.value("status", "\"exact\" or \"class\"", string),
+            location: r.value("location", BOOLEAN, boolean),
+            json_fields: r.array("json_fields", pointers, string),
+            body: r.value("body", BOOLEAN, boolean),
+            volatile: r.array("volatile", regexes, string),
+        }
     }
 }

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod compare;
 pub mod defaults;
 mod error;
 mod file;
@@ -20,6 +21,7 @@ mod pattern;
 mod units;
 mod validate;
 
+pub use compare::{CompareConfig, CompareRule, StatusCompare, Volatile};
 pub use error::{ConfigError, Problem};
 pub use pattern::{PathPattern, PatternError};
 
@@ -43,6 +45,16 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// `[log]`: the durable log.
     pub log: LogConfig,
+    /// `[replication]`: this node's mTLS listener for peers, and the PEM files it (and its
+    /// client side) uses. Always present on a mirror, and on a writer with `[[mirrors]]`.
+    pub replication: Option<ReplicationConfig>,
+    /// `[[mirrors]]`: where the writer ships, in file order. Empty on a mirror. Names are
+    /// unique and differ from `node.name`.
+    pub mirrors: Vec<MirrorConfig>,
+    /// `[writer]`: where a mirror's writer is. `Some` exactly when the role is mirror.
+    pub writer: Option<WriterConfig>,
+    /// `[compare]`: how a mirror decides that its CMS answered like the writer's.
+    pub compare: CompareConfig,
 }
 
 /// The part a node plays in the cluster.
@@ -57,7 +69,9 @@ pub enum Role {
 /// `[node]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// Names this node in logs, metrics and peer certificates. Non-empty, `[A-Za-z0-9_.-]` only.
+    /// Names this node in logs, metrics and peer certificates. A DNS name made of
+    /// `[A-Za-z0-9_-]` labels joined by `.` (see `proxy.toml.example`), so it can be a
+    /// certificate's subject name.
     pub name: String,
     /// The role this node starts in.
     pub role: Role,
@@ -179,6 +193,47 @@ pub struct MultipartLimits {
     pub max_parts: usize,
     /// Largest text (non-file) field held in memory while indexing. At least 1.
     pub max_field_bytes: u64,
+}
+
+/// `[replication]`: this node's mTLS listener for peers, and the PEM files it (and its client
+/// side) uses. Relative paths in the file are resolved against the config file's directory;
+/// the files are read by `tls` at startup, not here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// Address of the replication listener (`/_copyist/v1/…`, peers only).
+    pub listen: SocketAddr,
+    /// The cluster CA certificate: the only root trusted for peers, both ways.
+    pub ca: PathBuf,
+    /// This node's certificate chain, issued by the cluster CA for `node.name`.
+    pub cert: PathBuf,
+    /// The private key of `cert`.
+    pub key: PathBuf,
+    /// Entries in flight per mirror. At least 1.
+    pub window: usize,
+    /// Longest backoff between transport retries.
+    pub retry_max: Duration,
+    /// Longest wait for a mirror's answer to one entry.
+    pub request_timeout: Duration,
+}
+
+/// One `[[mirrors]]` (writer only): a mirror the writer ships to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorConfig {
+    /// Must match the name in the mirror's certificate (its `node.name`); the writer checks it
+    /// in the TLS handshake. A valid node name.
+    pub name: String,
+    /// The mirror's `[replication] listen`, always of the form `https://HOST:PORT/`.
+    pub url: http::Uri,
+}
+
+/// `[writer]` (mirror only): the writer this mirror accepts entries from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// The name in the writer's certificate (its `node.name`); a replication client with
+    /// another name is refused. A valid node name.
+    pub name: String,
+    /// The writer's `[replication] listen`, always of the form `https://HOST:PORT/`.
+    pub url: http::Uri,
 }
 
 /// `[log]`.

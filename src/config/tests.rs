@@ -21,6 +21,27 @@ listen = "127.0.0.1:8080"
 url = "http://127.0.0.1:8081"
 "#;
 
+/// What [`mirror`] adds to [`MINIMAL`].
+const MIRROR_SECTIONS: &str = r#"
+[replication]
+listen = "127.0.0.1:9444"
+ca = "certs/ca.pem"
+cert = "certs/mirror-1.pem"
+key = "certs/mirror-1.key"
+
+[writer]
+name = "writer-1"
+url = "https://127.0.0.1:9443"
+"#;
+
+/// [`MINIMAL`] as mirror-1 of writer-1, with its required cluster sections.
+fn mirror() -> String {
+    let node = MINIMAL
+        .replace("\"writer\"", "\"mirror\"")
+        .replace("\"writer-1\"", "\"mirror-1\"");
+    node + MIRROR_SECTIONS
+}
+
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -67,6 +88,26 @@ fn example_file_loads_as_the_demo_writer() {
         action: RuleAction::Capture,
     };
     assert_eq!(config.capture.rules, vec![visit]);
+
+    // The PEM files are named, not read: they need not exist for the config to load.
+    let replication = config.replication.unwrap();
+    assert_eq!(replication.listen, addr("127.0.0.1:9443"));
+    let certs = manifest_dir().join("demo/certs");
+    assert_eq!(replication.ca, certs.join("ca.pem"));
+    assert_eq!(replication.cert, certs.join("writer-1.pem"));
+    assert_eq!(replication.key, certs.join("writer-1.key"));
+    let mirrors: Vec<(&str, String)> = (config.mirrors.iter())
+        .map(|m| (m.name.as_str(), m.url.to_string()))
+        .collect();
+    assert_eq!(
+        mirrors,
+        [
+            ("mirror-1", "https://127.0.0.1:9444/".to_owned()),
+            ("mirror-2", "https://127.0.0.1:9445/".to_owned())
+        ]
+    );
+    assert_eq!(config.writer, None);
+    assert!(config.compare.rules.is_empty());
 }
 
 /// The example sets every optional key to the value its `[default: …]` comment names; those
@@ -85,6 +126,11 @@ fn example_file_states_the_real_defaults() {
         ..example.capture
     };
     assert_eq!(example_capture, defaults.capture);
+    assert_eq!(example.compare, defaults.compare);
+    let replication = example.replication.unwrap();
+    assert_eq!(replication.window, defaults::REPLICATION_WINDOW);
+    assert_eq!(replication.retry_max, defaults::RETRY_MAX);
+    assert_eq!(replication.request_timeout, defaults::REQUEST_TIMEOUT);
 }
 
 #[test]
@@ -192,6 +238,102 @@ fn missing_optional_sections_get_the_defaults() {
     assert_eq!(c.multipart.max_field_bytes, 1 << 20);
     assert_eq!(c.mask_fields.len(), 9);
     assert_eq!(config.log.cache_capacity, 64 << 20);
+
+    assert_eq!(config.replication, None);
+    assert!(config.mirrors.is_empty());
+    assert_eq!(config.writer, None);
+    assert_eq!(config.compare, CompareConfig::default());
+    let d = &config.compare.default;
+    assert_eq!(d.path.as_str(), "/*");
+    assert_eq!(d.status, StatusCompare::Exact);
+    assert!(d.location);
+    assert!(d.json_fields.is_empty());
+    assert!(!d.body);
+    assert!(d.volatile.is_empty());
+    assert!(config.compare.rules.is_empty());
+}
+
+#[test]
+fn replication_keys_get_their_defaults() {
+    let config = parse(&mirror()).unwrap();
+    let r = config.replication.unwrap();
+    assert_eq!(r.listen, addr("127.0.0.1:9444"));
+    assert_eq!(r.window, 32);
+    assert_eq!(r.retry_max, Duration::from_secs(5));
+    assert_eq!(r.request_timeout, Duration::from_secs(60));
+    let writer = config.writer.unwrap();
+    assert_eq!(writer.name, "writer-1");
+    assert_eq!(writer.url, "https://127.0.0.1:9443/");
+}
+
+#[test]
+fn every_replication_key_is_read() {
+    let config = Config::load(&fixtures("valid-full").remove(0)).unwrap();
+    let r = config.replication.unwrap();
+    assert_eq!(r.listen, addr("[::]:9443"));
+    assert_eq!(r.window, 4);
+    assert_eq!(r.retry_max, Duration::from_secs(30));
+    assert_eq!(r.request_timeout, Duration::from_secs(120));
+    assert_eq!(r.key, Path::new("/etc/copyist/writer.key"));
+    let mirrors: Vec<(&str, String)> = (config.mirrors.iter())
+        .map(|m| (m.name.as_str(), m.url.to_string()))
+        .collect();
+    assert_eq!(
+        mirrors,
+        [
+            ("mirror-1", "https://10.0.0.2:9444/".to_owned()),
+            (
+                "mirror.eu-2_b",
+                "https://mirror.eu-2.internal:443/".to_owned()
+            )
+        ]
+    );
+}
+
+/// A `[[compare.rule]]` states only what differs: every key it leaves out is `[compare]`'s.
+#[test]
+fn compare_rules_inherit_the_compare_section() {
+    let config = Config::load(&fixtures("valid-full").remove(0)).unwrap();
+    let c = &config.compare;
+    let volatile = vec![
+        Volatile::new(r"\d{4}-\d{2}-\d{2}").unwrap(),
+        Volatile::new(r"nonce=\w+").unwrap(),
+    ];
+    let section = CompareRule {
+        path: PathPattern::new("/*").unwrap(),
+        status: StatusCompare::Class,
+        location: false,
+        json_fields: vec!["/id".into(), "/data/0/slug~1path".into()],
+        body: true,
+        volatile,
+    };
+    assert_eq!(c.default, section);
+    let api = CompareRule {
+        path: PathPattern::new("/api/*").unwrap(),
+        status: StatusCompare::Exact,
+        location: true,
+        json_fields: Vec::new(),
+        body: false,
+        volatile: Vec::new(),
+    };
+    let upload = CompareRule {
+        path: PathPattern::new("/upload*").unwrap(),
+        ..section.clone()
+    };
+    assert_eq!(c.rules, [api.clone(), upload.clone()]);
+    assert_eq!(c.rule_for("/api/items"), &api);
+    assert_eq!(c.rule_for("/upload/1"), &upload);
+    assert_eq!(c.rule_for("/node/add"), &section);
+
+    // Without [compare], rules inherit the built-in defaults.
+    let config = Config::load(&fixtures("valid-mirror").remove(0)).unwrap();
+    let search = config.compare.rule_for("/search/reindex");
+    assert_eq!(search.status, StatusCompare::Class);
+    assert_eq!(search.json_fields, ["/id"], "from [compare]");
+    assert!(search.location && !search.body);
+    let article = config.compare.rule_for("/article/7");
+    assert!(article.body);
+    assert!(article.volatile[0].regex().is_match("rendered at 12:00:59"));
 }
 
 #[test]
@@ -205,6 +347,13 @@ fn relative_paths_resolve_against_the_config_directory() {
     let tls = config.public.tls.unwrap();
     assert_eq!(tls.cert, Path::new("/etc/copyist/certs/a.pem"));
     assert_eq!(tls.key, Path::new("/abs/a.key"));
+
+    let text = mirror().replace("certs/mirror-1.key", "/abs/mirror-1.key");
+    let config = Config::from_toml(&text, Path::new("/etc/copyist/proxy.toml")).unwrap();
+    let r = config.replication.unwrap();
+    assert_eq!(r.ca, Path::new("/etc/copyist/certs/ca.pem"));
+    assert_eq!(r.cert, Path::new("/etc/copyist/certs/mirror-1.pem"));
+    assert_eq!(r.key, Path::new("/abs/mirror-1.key"));
 
     // A config named without a directory: paths stay relative to the working directory.
     let config = parse(MINIMAL).unwrap();
@@ -289,9 +438,43 @@ fn unreadable_file_names_the_path() {
 
 #[test]
 fn role_names_round_trip() {
-    for role in [Role::Writer, Role::Mirror] {
-        let text = MINIMAL.replace("\"writer\"", &format!("\"{}\"", role.as_str()));
-        assert_eq!(parse(&text).unwrap().node.role, role);
+    assert_eq!(parse(MINIMAL).unwrap().node.role, Role::Writer);
+    assert_eq!(parse(&mirror()).unwrap().node.role, Role::Mirror);
+    assert_eq!(
+        (Role::Writer.as_str(), Role::Mirror.as_str()),
+        ("writer", "mirror")
+    );
+}
+
+#[test]
+fn node_names_must_be_dns_names() {
+    for ok in ["w", "writer-1", "writer.eu-1_a", "a1.b2", "_x", "10.0.0.x"] {
+        let text = MINIMAL.replace("\"writer-1\"", &format!("{ok:?}"));
+        assert_eq!(parse(&text).unwrap().node.name, ok);
+    }
+    let long_label = "a".repeat(64);
+    let long_name = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(63),
+    ]
+    .join(".");
+    for bad in [
+        "-w",
+        "w-",
+        "a..b",
+        ".a",
+        "a.",
+        "10.0.0.7",
+        "7",
+        &long_label,
+        &long_name,
+    ] {
+        let text = MINIMAL.replace("\"writer-1\"", &format!("{bad:?}"));
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.problems.len(), 1, "{bad}: {error}");
+        assert_eq!(error.problems[0].key, "node.name", "{bad}");
     }
 }
 

@@ -20,10 +20,16 @@ use super::{
     PathPattern, PublicConfig, Role, Rule, RuleAction, StatusRange, TlsFiles,
 };
 
+mod compare;
+mod replication;
+
 /// Validates `file`, read from `path`. `None` means at least one problem was recorded.
 pub(super) fn config(file: FileConfig, path: &Path, p: &mut Problems) -> Option<Config> {
     let dir = path.parent().unwrap_or(Path::new(""));
-    let node = required_section(file.node, "node", p).and_then(|f| node(f, dir, p));
+    let node = match required_section(file.node, "node", p) {
+        Some(f) => node(f, dir, p),
+        None => NodeFields::default(),
+    };
     let public = required_section(file.public, "public", p).and_then(|f| public(f, dir, p));
     let origin = required_section(file.origin, "origin", p).and_then(|f| origin(f, p));
     let admin = optional_section(file.admin, p, |f, p| {
@@ -37,26 +43,52 @@ pub(super) fn config(file: FileConfig, path: &Path, p: &mut Problems) -> Option<
             cache_capacity: cache_capacity?,
         })
     });
+    let cluster = replication::cluster(
+        replication::FileCluster {
+            replication: file.replication,
+            mirrors: file.mirrors,
+            writer: file.writer,
+        },
+        &node,
+        dir,
+        p,
+    );
+    let compare = optional_section(file.compare, p, compare::compare);
+    let cluster = cluster?;
     Some(Config {
         path: path.to_path_buf(),
-        node: node?,
+        node: NodeConfig {
+            name: node.name?,
+            role: node.role?,
+            data_dir: node.data_dir?,
+        },
         public: public?,
         origin: origin?,
         admin: admin?,
         capture: capture?,
         log: log?,
+        replication: cluster.replication,
+        mirrors: cluster.mirrors,
+        writer: cluster.writer,
+        compare: compare?,
     })
 }
 
-fn node(f: FileNode, dir: &Path, p: &mut Problems) -> Option<NodeConfig> {
-    let name = required(f.name, p, node_name);
-    let role = required(f.role, p, role);
-    let data_dir = required(f.data_dir, p, |s| path_in(dir, s));
-    Some(NodeConfig {
-        name: name?,
-        role: role?,
-        data_dir: data_dir?,
-    })
+/// `[node]`'s keys, each `None` if missing or invalid: other sections' rules depend on the
+/// role and the name even when another key of `[node]` is wrong.
+#[derive(Debug, Default)]
+struct NodeFields {
+    name: Option<String>,
+    role: Option<Role>,
+    data_dir: Option<PathBuf>,
+}
+
+fn node(f: FileNode, dir: &Path, p: &mut Problems) -> NodeFields {
+    NodeFields {
+        name: required(f.name, p, node_name),
+        role: required(f.role, p, role),
+        data_dir: required(f.data_dir, p, |s| path_in(dir, s)),
+    }
 }
 
 fn public(f: FilePublic, dir: &Path, p: &mut Problems) -> Option<PublicConfig> {
@@ -292,17 +324,49 @@ fn checked<T, U>(
 /// What a check returns: the typed value, or the message for the operator.
 type Checked<T> = Result<T, String>;
 
+/// A node name: also the DNS name in the node's certificate, which peers check in the TLS
+/// handshake, so it must be one that certificates and rustls accept.
 fn node_name(name: String) -> Checked<String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-    match name.chars().find(|c| !allowed(*c)) {
-        Some(c) => Err(format!(
+    if let Some(c) = name.chars().find(|c| !allowed(*c)) {
+        return Err(format!(
             "invalid node name \"{name}\" ({c:?} is not allowed; use letters, digits, '_', '.', '-')"
+        ));
+    }
+    match dns_name_problem(&name) {
+        Some(why) => Err(format!(
+            "invalid node name \"{name}\" (must be a DNS name, for the node's certificate: {why})"
         )),
         None => Ok(name),
     }
+}
+
+/// What keeps `name` (already restricted to `[A-Za-z0-9_.-]`) from being a DNS name that
+/// rustls accepts as a server name and webpki matches against a certificate.
+fn dns_name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > 253 {
+        return Some("at most 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Some("no empty part between dots, nor a dot at either end");
+        }
+        if label.len() > 63 {
+            return Some("at most 63 characters between dots");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some("no part may begin or end with '-'");
+        }
+    }
+    // rustls would take an all-digit last part for an IPv4 address, not a DNS name.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Some("the part after the last dot must not be all digits");
+    }
+    None
 }
 
 fn role(role: String) -> Checked<Role> {

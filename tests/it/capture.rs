@@ -269,8 +269,28 @@ async fn a_mirror_never_applies_a_client_write_locally() {
     let origin = StubOrigin::spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let text = crate::support::node::config_text(&data, &origin.url(), Opts::default())
-        .replace("role = \"writer\"", "role = \"mirror\"");
+    // A mirror needs its writer and replication sections; nothing here connects to them.
+    let cluster = r#"
+[replication]
+listen = "127.0.0.1:0"
+ca = "certs/ca.pem"
+cert = "certs/test-mirror.pem"
+key = "certs/test-mirror.key"
+
+[writer]
+name = "test-writer"
+url = "https://127.0.0.1:9"
+"#;
+    let opts = Opts {
+        extra: cluster,
+        ..Opts::default()
+    };
+    let text = crate::support::node::config_text(&data, &origin.url(), opts)
+        .replace("role = \"writer\"", "role = \"mirror\"")
+        .replace(
+            "name = \"test-writer\"\nrole",
+            "name = \"test-mirror\"\nrole",
+        );
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, text).unwrap();
     let config = copyist::config::Config::load(&path).unwrap();

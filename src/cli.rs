@@ -69,7 +69,11 @@ enum Command {
         /// Sequence number of the in-doubt entry.
         seq: u64,
         /// The origin did apply it: ship it to the mirrors.
-        #[arg(long, conflicts_with = "not_applied", required_unless_present = "not_applied")]
+        #[arg(
+            long,
+            conflicts_with = "not_applied",
+            required_unless_present = "not_applied"
+        )]
         applied: bool,
         /// The origin did not apply it: mark it rejected, never replayed.
         #[arg(long)]
@@ -204,9 +208,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Certs(CertsCommand::Init { dir }) => crate::tls::init_ca(&dir)
             .map(|(cert, key)| println!("created {} and {}", cert.display(), key.display()))
             .map_err(|e| error_chain(&e)),
-        Command::Certs(CertsCommand::Node { name, dir, hosts }) => crate::tls::issue_node(&dir, &name, &hosts)
-            .map(|(cert, key)| println!("created {} and {}", cert.display(), key.display()))
-            .map_err(|e| error_chain(&e)),
+        Command::Certs(CertsCommand::Node { name, dir, hosts }) => {
+            crate::tls::issue_node(&dir, &name, &hosts)
+                .map(|(cert, key)| println!("created {} and {}", cert.display(), key.display()))
+                .map_err(|e| error_chain(&e))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -267,7 +273,12 @@ async fn mirror(command: MirrorCommand) -> CliResult {
         MirrorCommand::Skip { args, seq } => ("skip", args, Some(seq)),
     };
     let body = serde_json::json!({ "reason": args.reason, "by": who(), "seq": seq });
-    post(&args.config.config, &format!("/api/v1/mirrors/{}/{action}", args.name), body).await
+    post(
+        &args.config.config,
+        &format!("/api/v1/mirrors/{}/{action}", args.name),
+        body,
+    )
+    .await
 }
 
 /// Who runs the command, for audit records: `$USER@hostname`.
@@ -290,7 +301,11 @@ async fn post(path: &Path, api: &str, body: serde_json::Value) -> CliResult {
     *req.method_mut() = http::Method::POST;
     *req.uri_mut() = uri;
     let resp = client.request(req).await.map_err(|e| {
-        format!("cannot reach node {} at {addr} (is it running?): {}", config.node.name, error_chain(&e))
+        format!(
+            "cannot reach node {} at {addr} (is it running?): {}",
+            config.node.name,
+            error_chain(&e)
+        )
     })?;
     let status = resp.status();
     let text = resp
@@ -387,7 +402,13 @@ async fn log_show(path: &Path, seq: u64, json: bool) -> CliResult {
         println!("halt        {} ({})", h.reason, h.detail);
     }
     if let Some(o) = &d.mirror_outcome {
-        println!("this mirror {} in {:.1} ms, body {} bytes blake3 {}", o.status, o.duration_us as f64 / 1000.0, o.body_len, o.body_digest);
+        println!(
+            "this mirror {} in {:.1} ms, body {} bytes blake3 {}",
+            o.status,
+            o.duration_us as f64 / 1000.0,
+            o.body_len,
+            o.body_digest
+        );
         if let Some(l) = &o.location {
             println!("  location: {l}");
         }
@@ -396,7 +417,10 @@ async fn log_show(path: &Path, seq: u64, json: bool) -> CliResult {
         }
     }
     for a in &d.audit {
-        println!("operator    {} by {} at {} (unix ms): {}", a.action, a.by, a.unix_ms, a.reason);
+        println!(
+            "operator    {} by {} at {} (unix ms): {}",
+            a.action, a.by, a.unix_ms, a.reason
+        );
     }
     match &d.outcome {
         None => println!("outcome     none yet"),

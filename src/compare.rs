@@ -16,7 +16,8 @@ use std::fmt;
 use serde_json::Value;
 
 use crate::blobs::BlobHash;
-use crate::config::PathPattern;
+use crate::config::{CompareRule, StatusCompare, Volatile};
+use crate::log::Outcome;
 
 /// What a JSON pointer is recorded as when the body is not JSON or has nothing at that pointer.
 pub const MISSING: &str = "<missing>";
@@ -323,79 +324,14 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
-// === stand-ins until config/log land ===
-//
-// The lead deletes everything below this line (down to the tests) and imports
-// `crate::config::{CompareRule, StatusCompare, Volatile}` and `crate::log::Outcome` instead.
-// Their shapes are exactly those the real types will have.
-
-/// Stand-in for `crate::config::CompareRule`: how a mirror's answer for a path is compared.
-#[derive(Clone, Debug)]
-pub struct CompareRule {
-    /// The request paths this rule applies to.
-    pub path: PathPattern,
-    /// How statuses are compared.
-    pub status: StatusCompare,
-    /// Whether `Location` is compared (host normalised).
-    pub location: bool,
-    /// JSON pointers compared in the body, e.g. `"/id"`.
-    pub json_fields: Vec<String>,
-    /// Whether the masked body digest is compared.
-    pub body: bool,
-    /// Patterns masked before the body digest is taken.
-    pub volatile: Vec<Volatile>,
-}
-
-/// Stand-in for `crate::config::StatusCompare`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatusCompare {
-    /// The same status code.
-    Exact,
-    /// The same class (2xx, 3xx, ...).
-    Class,
-}
-
-/// Stand-in for `crate::config::Volatile`: a pattern masked before a body digest is taken.
-#[derive(Clone, Debug)]
-pub struct Volatile(regex::Regex);
-
-impl Volatile {
-    /// The compiled pattern.
-    pub fn regex(&self) -> &regex::Regex {
-        &self.0
-    }
-}
-
-/// Stand-in for `crate::log::Outcome` with the two fields being added.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
-    /// The response status (0 when no response arrived).
-    pub status: u16,
-    /// The `Location` header, if any.
-    pub location: Option<String>,
-    /// Every `Set-Cookie` header, in order.
-    pub set_cookies: Vec<String>,
-    /// blake3 of the response body.
-    pub body_digest: BlobHash,
-    /// Length of the response body in bytes.
-    pub body_len: u64,
-    /// Time from sending the request to the end of the response, in microseconds.
-    pub duration_us: u64,
-    /// Why no complete answer was received, if that was the case.
-    pub error: Option<String>,
-    /// What [`observe`] recorded: `(pointer, value)` per JSON field.
-    pub fields: Vec<(String, String)>,
-    /// What [`observe`] recorded: the masked body digest, if taken.
-    pub masked_digest: Option<BlobHash>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PathPattern;
 
     /// The one place tests build a `Volatile` (the real type's constructor may differ).
     fn volatile(pattern: &str) -> Volatile {
-        Volatile(regex::Regex::new(pattern).unwrap())
+        Volatile::new(pattern).unwrap()
     }
 
     fn rule(status: StatusCompare, location: bool, fields: &[&str], body: bool) -> CompareRule {

@@ -14,15 +14,15 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::apply::{self, Replication};
-use crate::config::Role;
-use crate::ship::peer::Peer;
-use crate::ship::Shipper;
 use crate::blobs::{BlobError, BlobStore};
 use crate::capture::Capture;
 use crate::config::Config;
+use crate::config::Role;
 use crate::log::{Log, LogError, Seq};
 use crate::origin::Origin;
 use crate::proxy::Proxy;
+use crate::ship::peer::Peer;
+use crate::ship::Shipper;
 use crate::shutdown::Shutdown;
 use crate::tls::{self, TlsError};
 
@@ -140,7 +140,13 @@ impl Node {
             if config.node.role == Role::Writer {
                 for m in &config.mirrors {
                     let peer = Peer::new(&m.name, &m.url, client.clone(), rc.request_timeout);
-                    shippers.push(Shipper::new(peer, log.clone(), blobs.clone(), rc.window, rc.retry_max));
+                    shippers.push(Shipper::new(
+                        peer,
+                        log.clone(),
+                        blobs.clone(),
+                        rc.window,
+                        rc.retry_max,
+                    ));
                 }
             }
             let peers = match (&config.node.role, &config.writer) {
@@ -210,7 +216,9 @@ impl Node {
 
     /// The bound replication address, when configured.
     pub fn replication_addr(&self) -> Option<SocketAddr> {
-        self.replication.as_ref().and_then(|(l, _, _)| l.local_addr().ok())
+        self.replication
+            .as_ref()
+            .and_then(|(l, _, _)| l.local_addr().ok())
     }
 
     /// Entries found pending at start-up and marked in-doubt.
@@ -229,11 +237,23 @@ impl Node {
             "copyist running"
         );
         let mut tasks = vec![
-            tokio::spawn(self.proxy.serve(self.public, self.tls, shutdown.clone(), DRAIN_GRACE)),
-            tokio::spawn(admin::serve(self.admin_listener, self.admin, shutdown.clone(), DRAIN_GRACE)),
+            tokio::spawn(
+                self.proxy
+                    .serve(self.public, self.tls, shutdown.clone(), DRAIN_GRACE),
+            ),
+            tokio::spawn(admin::serve(
+                self.admin_listener,
+                self.admin,
+                shutdown.clone(),
+                DRAIN_GRACE,
+            )),
         ];
         if let Some((listener, acceptor, service)) = self.replication {
-            tasks.push(tokio::spawn(service.serve(listener, acceptor, shutdown.clone())));
+            tasks.push(tokio::spawn(service.serve(
+                listener,
+                acceptor,
+                shutdown.clone(),
+            )));
         }
         for shipper in self.shippers {
             tasks.push(tokio::spawn(shipper.run(shutdown.clone())));

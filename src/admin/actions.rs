@@ -28,13 +28,21 @@ pub struct ActionRequest {
 }
 
 /// `POST /api/v1/mirrors/NAME/ACTION`.
-pub async fn mirror(state: &AdminState, name: &str, action: &str, body: Bytes) -> http::Response<ProxyBody> {
+pub async fn mirror(
+    state: &AdminState,
+    name: &str,
+    action: &str,
+    body: Bytes,
+) -> http::Response<ProxyBody> {
     let req = match parse(&body) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     let Some(shipper) = state.shippers.iter().find(|s| s.name() == name) else {
-        return text_response(StatusCode::NOT_FOUND, format!("no mirror named {name:?} on this node\n"));
+        return text_response(
+            StatusCode::NOT_FOUND,
+            format!("no mirror named {name:?} on this node\n"),
+        );
     };
     let audit = audit(action, &req);
     match action {
@@ -42,20 +50,27 @@ pub async fn mirror(state: &AdminState, name: &str, action: &str, body: Bytes) -
             let log = state.log.clone();
             let mirror = name.to_string();
             let paused = action == "pause";
-            let done = tokio::task::spawn_blocking(move || log.set_paused(&mirror, paused, audit)).await;
+            let done =
+                tokio::task::spawn_blocking(move || log.set_paused(&mirror, paused, audit)).await;
             match done {
                 Ok(Ok(())) => {
                     shipper.wake();
                     tracing::warn!(mirror = name, action, reason = %req.reason, by = %req.by, "operator action");
                     text_response(StatusCode::OK, format!("{name}: {action}d\n"))
                 }
-                Ok(Err(e)) => text_response(StatusCode::CONFLICT, format!("{}\n", crate::error::error_chain(&e))),
+                Ok(Err(e)) => text_response(
+                    StatusCode::CONFLICT,
+                    format!("{}\n", crate::error::error_chain(&e)),
+                ),
                 Err(e) => text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
         "retry" | "skip" => {
             if action == "skip" && req.seq.is_none() {
-                return text_response(StatusCode::BAD_REQUEST, "skip needs --seq N: the exact entry to skip\n");
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    "skip needs --seq N: the exact entry to skip\n",
+                );
             }
             let control = Control {
                 action: action.to_string(),
@@ -71,10 +86,16 @@ pub async fn mirror(state: &AdminState, name: &str, action: &str, body: Bytes) -
                         format!("{name}: {action} done; applied seq {}\n", peer.applied_seq),
                     )
                 }
-                Err(e) => text_response(StatusCode::CONFLICT, format!("{name}: {}\n", crate::error::error_chain(&e))),
+                Err(e) => text_response(
+                    StatusCode::CONFLICT,
+                    format!("{name}: {}\n", crate::error::error_chain(&e)),
+                ),
             }
         }
-        _ => text_response(StatusCode::NOT_FOUND, "actions: pause, resume, retry, skip\n"),
+        _ => text_response(
+            StatusCode::NOT_FOUND,
+            "actions: pause, resume, retry, skip\n",
+        ),
     }
 }
 
@@ -85,9 +106,16 @@ pub async fn resolve(state: &AdminState, seq: &str, body: Bytes) -> http::Respon
         Err(resp) => return resp,
     };
     let (Ok(seq), Some(applied)) = (seq.parse::<u64>(), req.applied) else {
-        return text_response(StatusCode::BAD_REQUEST, "resolve needs a sequence number and --applied or --not-applied\n");
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            "resolve needs a sequence number and --applied or --not-applied\n",
+        );
     };
-    let action = if applied { "resolve-applied" } else { "resolve-not-applied" };
+    let action = if applied {
+        "resolve-applied"
+    } else {
+        "resolve-not-applied"
+    };
     let audit = audit(action, &req);
     let log = state.log.clone();
     match tokio::task::spawn_blocking(move || log.resolve(Seq(seq), applied, audit)).await {
@@ -96,9 +124,15 @@ pub async fn resolve(state: &AdminState, seq: &str, body: Bytes) -> http::Respon
             for s in &state.shippers {
                 s.wake();
             }
-            text_response(StatusCode::OK, format!("entry {seq} is now {}\n", new_state.as_str()))
+            text_response(
+                StatusCode::OK,
+                format!("entry {seq} is now {}\n", new_state.as_str()),
+            )
         }
-        Ok(Err(e)) => text_response(StatusCode::CONFLICT, format!("{}\n", crate::error::error_chain(&e))),
+        Ok(Err(e)) => text_response(
+            StatusCode::CONFLICT,
+            format!("{}\n", crate::error::error_chain(&e)),
+        ),
         Err(e) => text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }
@@ -107,7 +141,10 @@ fn parse(body: &[u8]) -> Result<ActionRequest, http::Response<ProxyBody>> {
     let req: ActionRequest = serde_json::from_slice(body)
         .map_err(|e| text_response(StatusCode::BAD_REQUEST, format!("action body: {e}\n")))?;
     if req.reason.trim().is_empty() {
-        return Err(text_response(StatusCode::BAD_REQUEST, "a reason is required (--reason TEXT)\n"));
+        return Err(text_response(
+            StatusCode::BAD_REQUEST,
+            "a reason is required (--reason TEXT)\n",
+        ));
     }
     Ok(req)
 }
@@ -117,6 +154,10 @@ fn audit(action: &str, req: &ActionRequest) -> AuditRecord {
         unix_ms: crate::capture::unix_ms(),
         action: action.to_string(),
         reason: req.reason.clone(),
-        by: if req.by.is_empty() { "admin-api".into() } else { req.by.clone() },
+        by: if req.by.is_empty() {
+            "admin-api".into()
+        } else {
+            req.by.clone()
+        },
     }
 }

@@ -8,12 +8,12 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Serialize;
 
+use crate::apply::Replication;
 use crate::blobs::{BlobHash, BlobStore};
 use crate::capture::multipart::{is_secret, MASK};
 use crate::capture::Capture;
 use crate::config::Role;
 use crate::error::{full, text_response, BoxError, ProxyBody};
-use crate::apply::Replication;
 use crate::log::{AuditRecord, BodyRef, Entry, Halt, Log, MultipartIndex, Outcome, Seq};
 use crate::ship::{MirrorStatus, Shipper};
 
@@ -175,7 +175,11 @@ pub async fn status(state: &AdminState) -> Response<ProxyBody> {
                 .map(|r| r.state().applied_seq)
                 .unwrap_or(0),
             halt: state.log.halt(),
-            mirrors: state.shippers.iter().map(|s| mirror_view(state, s)).collect(),
+            mirrors: state
+                .shippers
+                .iter()
+                .map(|s| mirror_view(state, s))
+                .collect(),
         },
     )
 }
@@ -329,7 +333,10 @@ pub fn detail(e: &Entry, mask_fields: &[String]) -> EntryDetail {
         },
         form,
         multipart: r.multipart.clone(),
-        outcome: e.outcome.as_ref().map(|o| outcome_view(o, e.settled_unix_ms)),
+        outcome: e
+            .outcome
+            .as_ref()
+            .map(|o| outcome_view(o, e.settled_unix_ms)),
         mirror_outcome: e.mirror_outcome.as_ref().map(|o| outcome_view(o, None)),
         halt: e.halt.clone(),
         audit: e.audit.clone(),

@@ -79,7 +79,10 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let mut resp = if req.method() == Method::POST {
-        let body = match http_body_util::Limited::new(req.into_body(), MAX_ACTION_BODY).collect().await {
+        let body = match http_body_util::Limited::new(req.into_body(), MAX_ACTION_BODY)
+            .collect()
+            .await
+        {
             Ok(b) => b.to_bytes(),
             Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
         };
@@ -99,7 +102,10 @@ async fn get(state: &AdminState, path: &str, query: &str) -> Response<ProxyBody>
         "/liveness" => text_response(StatusCode::OK, "ok\n"),
         "/api/v1/status" => api::status(state).await,
         "/api/v1/log" => api::list(state, query).await,
-        p => match (p.strip_prefix("/api/v1/log/"), p.strip_prefix("/api/v1/blob/")) {
+        p => match (
+            p.strip_prefix("/api/v1/log/"),
+            p.strip_prefix("/api/v1/blob/"),
+        ) {
             (Some(seq), _) => api::show(state, seq).await,
             (_, Some(hash)) => api::blob(state, hash).await,
             _ => text_response(StatusCode::NOT_FOUND, "no such admin endpoint\n"),

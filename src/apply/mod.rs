@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version,
+};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -154,21 +156,27 @@ impl Replication {
         let this = self.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(error)) => {
-                    tracing::warn!(%peer, %error, "replication TLS handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%peer, %error, "replication TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             // The CA vouched for the certificate; now it must also name a configured peer.
             let allowed = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .is_some_and(|cert| this.inner.peers.iter().any(|n| crate::tls::peer_name(cert, n)));
+                .is_some_and(|cert| {
+                    this.inner
+                        .peers
+                        .iter()
+                        .any(|n| crate::tls::peer_name(cert, n))
+                });
             if !allowed {
                 tracing::warn!(%peer, "replication peer's certificate names no configured peer; refused");
                 return;
@@ -261,23 +269,35 @@ impl Replication {
     }
 
     async fn entry(&self, seq: u64, body: Incoming) -> Response<ProxyBody> {
-        let bytes = match http_body_util::Limited::new(body, MAX_ENTRY_BYTES).collect().await {
+        let bytes = match http_body_util::Limited::new(body, MAX_ENTRY_BYTES)
+            .collect()
+            .await
+        {
             Ok(b) => b.to_bytes(),
-            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("reading entry: {e}\n")),
+            Err(e) => {
+                return text_response(StatusCode::BAD_REQUEST, format!("reading entry: {e}\n"))
+            }
         };
         let entry = match wire::decode_entry(&bytes) {
             Ok(e) if e.seq.0 == seq => e,
-            Ok(_) => return text_response(StatusCode::BAD_REQUEST, "entry does not match its path\n"),
-            Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("undecodable entry: {e}\n")),
+            Ok(_) => {
+                return text_response(StatusCode::BAD_REQUEST, "entry does not match its path\n")
+            }
+            Err(e) => {
+                return text_response(StatusCode::BAD_REQUEST, format!("undecodable entry: {e}\n"))
+            }
         };
         match self.apply(entry).await {
             Ok(answer) => json(StatusCode::OK, &answer),
             Err(ApplyRefusal::Gap(expected)) => json(StatusCode::CONFLICT, &Gap { expected }),
             Err(ApplyRefusal::Halted(halt)) => json(StatusCode::LOCKED, &halt),
-            Err(ApplyRefusal::BlobMissing) => {
-                text_response(StatusCode::FAILED_DEPENDENCY, "body blob missing; push it first\n")
+            Err(ApplyRefusal::BlobMissing) => text_response(
+                StatusCode::FAILED_DEPENDENCY,
+                "body blob missing; push it first\n",
+            ),
+            Err(ApplyRefusal::Invalid(why)) => {
+                text_response(StatusCode::BAD_REQUEST, format!("{why}\n"))
             }
-            Err(ApplyRefusal::Invalid(why)) => text_response(StatusCode::BAD_REQUEST, format!("{why}\n")),
             Err(ApplyRefusal::Log(e)) => text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("mirror log: {}\n", crate::error::error_chain(&e)),
@@ -332,15 +352,20 @@ impl Replication {
             Ok(collected) => {
                 let observed = crate::compare::observe(rule, collected.memory.as_deref());
                 let outcome = outcome_of(&collected, observed, started);
-                let verdict = crate::compare::compare(rule, &writer_outcome, &outcome).map_err(|d| Halt {
-                    seq: Seq(seq),
-                    reason: d.code().to_string(),
-                    detail: format!("{d} seq={seq}"),
-                });
+                let verdict =
+                    crate::compare::compare(rule, &writer_outcome, &outcome).map_err(|d| Halt {
+                        seq: Seq(seq),
+                        reason: d.code().to_string(),
+                        detail: format!("{d} seq={seq}"),
+                    });
                 (outcome, verdict)
             }
             Err(e) => {
-                let reason = if e.may_have_reached_origin() { "in_doubt" } else { "apply_error" };
+                let reason = if e.may_have_reached_origin() {
+                    "in_doubt"
+                } else {
+                    "apply_error"
+                };
                 let text = crate::error::error_chain(&e);
                 let outcome = Outcome {
                     status: 0,
@@ -362,7 +387,9 @@ impl Replication {
             }
         };
         let cookies = match &verdict {
-            Ok(()) => sessions::new_mappings(&writer_outcome.set_cookies, &mirror_outcome.set_cookies),
+            Ok(()) => {
+                sessions::new_mappings(&writer_outcome.set_cookies, &mirror_outcome.set_cookies)
+            }
             Err(_) => Vec::new(),
         };
         if let Err(halt) = &verdict {
@@ -405,7 +432,8 @@ impl Replication {
     /// The recorded answer for an entry already finished here.
     fn recorded(&self, seq: u64) -> Result<ApplyAnswer, ApplyRefusal> {
         let entry = self.inner.log.get(Seq(seq)).map_err(ApplyRefusal::Log)?;
-        let entry = entry.ok_or_else(|| ApplyRefusal::Invalid(format!("entry {seq} missing on the mirror")))?;
+        let entry = entry
+            .ok_or_else(|| ApplyRefusal::Invalid(format!("entry {seq} missing on the mirror")))?;
         Ok(ApplyAnswer {
             seq,
             state: entry.state.as_str().to_string(),
@@ -420,13 +448,19 @@ impl Replication {
         match &r.body {
             BodyRef::Inline(bytes) => {
                 if crate::blobs::BlobHash::from(blake3::hash(bytes)) != r.body_hash {
-                    return Err(ApplyRefusal::Invalid(format!("entry {} body does not match its hash", entry.seq)));
+                    return Err(ApplyRefusal::Invalid(format!(
+                        "entry {} body does not match its hash",
+                        entry.seq
+                    )));
                 }
                 Ok(ReplayBody::Inline(Bytes::copy_from_slice(bytes)))
             }
             BodyRef::Blob(hash) => {
                 if *hash != r.body_hash {
-                    return Err(ApplyRefusal::Invalid(format!("entry {} names another blob", entry.seq)));
+                    return Err(ApplyRefusal::Invalid(format!(
+                        "entry {} names another blob",
+                        entry.seq
+                    )));
                 }
                 match self.inner.blobs.open_verified(hash) {
                     Ok(file) => Ok(ReplayBody::File(file)),
@@ -437,12 +471,19 @@ impl Replication {
     }
 
     /// Sends the original request to the local CMS and collects its answer.
-    async fn replay(&self, entry: &Entry, body: ReplayBody) -> Result<response::Collected, OriginError> {
+    async fn replay(
+        &self,
+        entry: &Entry,
+        body: ReplayBody,
+    ) -> Result<response::Collected, OriginError> {
         let inner = &self.inner;
         let r = &entry.request;
         let mut headers = HeaderMap::new();
         for (name, value) in &r.headers {
-            let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) else {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) else {
                 continue;
             };
             headers.append(name, value);
@@ -474,7 +515,8 @@ impl Replication {
                 http_body_util::StreamBody::new(frames).boxed_unsync()
             }
         };
-        let method = Method::from_bytes(r.method.as_bytes()).map_err(|_| OriginError::BadTarget(r.method.clone()))?;
+        let method = Method::from_bytes(r.method.as_bytes())
+            .map_err(|_| OriginError::BadTarget(r.method.clone()))?;
         let mut req = Request::new(payload);
         *req.method_mut() = method;
         *req.uri_mut() = inner.origin.uri_for(&r.target)?;
@@ -512,16 +554,26 @@ impl Replication {
         let result = match (control.action.as_str(), control.seq) {
             ("retry", _) => blocking(move || log.retry(audit).map(|_| ())).await,
             ("skip", Some(seq)) => blocking(move || log.skip(Seq(seq), audit)).await,
-            ("skip", None) => return text_response(StatusCode::BAD_REQUEST, "skip needs the exact sequence number\n"),
+            ("skip", None) => {
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    "skip needs the exact sequence number\n",
+                )
+            }
             _ => return text_response(StatusCode::BAD_REQUEST, "action must be retry or skip\n"),
         };
         match result {
             Ok(()) => {
                 tracing::warn!(action = %control.action, reason = %control.reason, by = %control.by, "operator action applied");
-                self.inner.applied.send_replace(self.inner.log.applied_seq().0);
+                self.inner
+                    .applied
+                    .send_replace(self.inner.log.applied_seq().0);
                 json(StatusCode::OK, &self.state())
             }
-            Err(ApplyRefusal::Log(e)) => text_response(StatusCode::CONFLICT, format!("{}\n", crate::error::error_chain(&e))),
+            Err(ApplyRefusal::Log(e)) => text_response(
+                StatusCode::CONFLICT,
+                format!("{}\n", crate::error::error_chain(&e)),
+            ),
             Err(_) => text_response(StatusCode::CONFLICT, "refused\n"),
         }
     }
@@ -552,7 +604,11 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn outcome_of(c: &response::Collected, observed: crate::compare::Observed, started: Instant) -> Outcome {
+fn outcome_of(
+    c: &response::Collected,
+    observed: crate::compare::Observed,
+    started: Instant,
+) -> Outcome {
     Outcome {
         status: c.status.as_u16(),
         location: c
@@ -588,8 +644,10 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
         Ok(bytes) => {
             let mut resp = Response::new(full(bytes));
             *resp.status_mut() = status;
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             resp
         }
         Err(e) => text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

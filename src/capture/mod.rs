@@ -33,8 +33,8 @@ use crate::body::BodyError;
 use crate::config::{CaptureConfig, CompareConfig};
 use crate::error::{full, Blame, BoxError, HttpError, ProxyBody};
 use crate::log::{BodyRef, Event, Log, LogError, Outcome, RequestRecord, Seq};
-use crate::origin::{Origin, OriginError};
 use crate::origin::response::{self, Collected};
+use crate::origin::{Origin, OriginError};
 use spool::{SpoolError, Stored, StoredBody};
 
 /// Why a captured request was not completed.
@@ -205,7 +205,9 @@ impl Capture {
         // Step 4.
         let started = Instant::now();
         let result = self.forward(&req, &body).await;
-        let rule = inner.compare.rule_for(crate::apply::target_path(&req.target));
+        let rule = inner
+            .compare
+            .rule_for(crate::apply::target_path(&req.target));
         let observed = match &result {
             Ok(c) => crate::compare::observe(rule, c.memory.as_deref()),
             Err(_) => crate::compare::Observed::default(),

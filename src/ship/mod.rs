@@ -77,7 +77,13 @@ enum SessionEnd {
 
 impl Shipper {
     /// A shipper for `peer`.
-    pub fn new(peer: Peer, log: Log, blobs: BlobStore, window: usize, retry_max: Duration) -> Shipper {
+    pub fn new(
+        peer: Peer,
+        log: Log,
+        blobs: BlobStore,
+        window: usize,
+        retry_max: Duration,
+    ) -> Shipper {
         let status = MirrorStatus {
             name: peer.name().to_string(),
             state: "connecting".into(),
@@ -264,7 +270,9 @@ impl Shipper {
                     return Ok(SessionEnd::Resync);
                 }
                 EntryReply::BlobMissing => {
-                    return Err(PeerError::Decode(format!("mirror lacks the body of entry {seq}")))
+                    return Err(PeerError::Decode(format!(
+                        "mirror lacks the body of entry {seq}"
+                    )))
                 }
             }
         }

@@ -157,7 +157,12 @@ impl Peer {
         Ok(send)
     }
 
-    async fn call(&self, method: Method, path: &str, body: ProxyBody) -> Result<(StatusCode, Bytes), PeerError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: ProxyBody,
+    ) -> Result<(StatusCode, Bytes), PeerError> {
         let mut send = self.sender().await?;
         let uri: Uri = format!("{}{path}", self.base)
             .parse()
@@ -188,7 +193,9 @@ impl Peer {
 
     /// `GET state`.
     pub async fn state(&self) -> Result<PeerState, PeerError> {
-        let (status, body) = self.call(Method::GET, &format!("{}state", wire::PREFIX), empty()).await?;
+        let (status, body) = self
+            .call(Method::GET, &format!("{}state", wire::PREFIX), empty())
+            .await?;
         expect(status, StatusCode::OK, &body)?;
         json(&body)
     }
@@ -219,7 +226,9 @@ impl Peer {
     /// `POST entries/SEQ`.
     pub async fn send_entry(&self, entry: &Entry) -> Result<EntryReply, PeerError> {
         let bytes = wire::encode_entry(entry).map_err(|e| PeerError::Decode(e.to_string()))?;
-        let body = Full::new(Bytes::from(bytes)).map_err(|n| match n {}).boxed_unsync();
+        let body = Full::new(Bytes::from(bytes))
+            .map_err(|n| match n {})
+            .boxed_unsync();
         let (status, text) = self
             .call(Method::POST, &wire::entry_path(entry.seq.0), body)
             .await?;
@@ -238,7 +247,9 @@ impl Peer {
     /// `POST control`.
     pub async fn control(&self, control: &Control) -> Result<PeerState, PeerError> {
         let bytes = serde_json::to_vec(control).map_err(|e| PeerError::Decode(e.to_string()))?;
-        let body = Full::new(Bytes::from(bytes)).map_err(|n| match n {}).boxed_unsync();
+        let body = Full::new(Bytes::from(bytes))
+            .map_err(|n| match n {})
+            .boxed_unsync();
         let (status, text) = self
             .call(Method::POST, &format!("{}control", wire::PREFIX), body)
             .await?;

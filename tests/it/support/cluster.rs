@@ -83,7 +83,11 @@ pub struct ClusterOpts {
 
 impl TestCluster {
     pub async fn start(mirrors: usize) -> TestCluster {
-        Self::start_opts(ClusterOpts { mirrors, ..ClusterOpts::default() }).await
+        Self::start_opts(ClusterOpts {
+            mirrors,
+            ..ClusterOpts::default()
+        })
+        .await
     }
 
     pub async fn start_opts(opts: ClusterOpts) -> TestCluster {
@@ -104,7 +108,12 @@ impl TestCluster {
             );
             let node = TestNode::start_opts(
                 &cms.url(),
-                Opts { name, role: "mirror", extra: &extra, ..Opts::default() },
+                Opts {
+                    name,
+                    role: "mirror",
+                    extra: &extra,
+                    ..Opts::default()
+                },
             )
             .await;
             let rep = node.replication.expect("mirror has a replication listener");
@@ -121,13 +130,39 @@ impl TestCluster {
                 "[[mirrors]]\nname = \"{name}\"\nurl = \"https://127.0.0.1:{}\"\n\n",
                 target.port()
             ));
-            mirrors.push(Member { name: name.clone(), node, cms });
+            mirrors.push(Member {
+                name: name.clone(),
+                node,
+                cms,
+            });
         }
         let cms = PhpCms::start();
-        let extra = format!("{}\n{}\n{}", certs.replication("writer"), mirror_sections, opts.extra);
-        let node = TestNode::start_opts(&cms.url(), Opts { name: "writer", extra: &extra, ..Opts::default() }).await;
-        let writer = Member { name: "writer".into(), node, cms };
-        TestCluster { certs, writer, mirrors, chaos }
+        let extra = format!(
+            "{}\n{}\n{}",
+            certs.replication("writer"),
+            mirror_sections,
+            opts.extra
+        );
+        let node = TestNode::start_opts(
+            &cms.url(),
+            Opts {
+                name: "writer",
+                extra: &extra,
+                ..Opts::default()
+            },
+        )
+        .await;
+        let writer = Member {
+            name: "writer".into(),
+            node,
+            cms,
+        };
+        TestCluster {
+            certs,
+            writer,
+            mirrors,
+            chaos,
+        }
     }
 
     /// Waits until every mirror has applied everything the writer logged; panics if one halts.
@@ -146,7 +181,10 @@ impl TestCluster {
             if done {
                 return;
             }
-            assert!(Instant::now() < deadline, "mirrors did not catch up with seq {last}");
+            assert!(
+                Instant::now() < deadline,
+                "mirrors did not catch up with seq {last}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -164,7 +202,11 @@ impl TestCluster {
     /// Waits until mirror `i` is halted and returns its halt.
     pub async fn wait_halted(&self, i: usize) -> serde_json::Value {
         let m = &self.mirrors[i];
-        crate::assert_eventually!(!m.status().await["halt"].is_null(), "{} never halted", m.name);
+        crate::assert_eventually!(
+            !m.status().await["halt"].is_null(),
+            "{} never halted",
+            m.name
+        );
         m.status().await["halt"].clone()
     }
 

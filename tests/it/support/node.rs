@@ -26,8 +26,16 @@ pub struct Opts<'a> {
 /// The config a test node runs with.
 pub fn config_text(data_dir: &Path, origin: &str, opts: Opts<'_>) -> String {
     let (public_extra, origin_extra, extra) = (opts.public, opts.origin, opts.extra);
-    let name = if opts.name.is_empty() { "test-writer" } else { opts.name };
-    let role = if opts.role.is_empty() { "writer" } else { opts.role };
+    let name = if opts.name.is_empty() {
+        "test-writer"
+    } else {
+        opts.name
+    };
+    let role = if opts.role.is_empty() {
+        "writer"
+    } else {
+        opts.role
+    };
     format!(
         r#"
 [node]
@@ -83,7 +91,11 @@ impl TestNode {
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let node = Node::build(config.clone()).await.unwrap();
-        let (public, admin, replication) = (node.public_addr(), node.admin_addr(), node.replication_addr());
+        let (public, admin, replication) = (
+            node.public_addr(),
+            node.admin_addr(),
+            node.replication_addr(),
+        );
         let (trigger, rx) = shutdown::channel();
         let task = tokio::spawn(async move {
             node.run(rx).await.unwrap();
@@ -91,6 +103,7 @@ impl TestNode {
         TestNode {
             public,
             admin,
+            replication,
             dir,
             config,
             trigger,

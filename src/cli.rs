@@ -262,6 +262,39 @@ async fn status(path: &Path, json: bool) -> CliResult {
         "ok"
     };
     println!("writes      {writes}");
+    if s.role == "mirror" {
+        println!("applied     {}", s.applied_seq);
+        match &s.halt {
+            Some(h) => println!("state       HALTED at {}: {}", h.seq, h.detail),
+            None => println!("state       applying"),
+        }
+    }
+    if !s.mirrors.is_empty() {
+        println!();
+        println!(
+            "{:<16} {:<12} {:>8} {:>8} {:>9}  LAST ERROR / HALT",
+            "MIRROR", "STATE", "APPLIED", "LAG", "LAG (S)"
+        );
+        for m in &s.mirrors {
+            let state = if m.paused {
+                "paused"
+            } else {
+                m.status.state.as_str()
+            };
+            let note = match (&m.status.halt, &m.status.last_error, m.status.blocked_at) {
+                (Some(h), _, _) => format!("halted at {}: {}", h.seq, h.detail),
+                (None, _, Some(seq)) => {
+                    format!("waiting for in-doubt entry {seq}: copyist resolve {seq}")
+                }
+                (None, Some(e), None) => e.clone(),
+                _ => String::new(),
+            };
+            println!(
+                "{:<16} {:<12} {:>8} {:>8} {:>9.1}  {}",
+                m.status.name, state, m.status.applied_seq, m.lag_entries, m.lag_seconds, note
+            );
+        }
+    }
     Ok(())
 }
 

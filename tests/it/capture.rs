@@ -264,47 +264,22 @@ async fn chunked_body_over_the_limit_gets_413_and_never_reaches_origin() {
     assert_eq!(node.last_seq().await, 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_never_applies_a_client_write_locally() {
-    let origin = StubOrigin::spawn().await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    // A mirror needs its writer and replication sections; nothing here connects to them.
-    let cluster = r#"
-[replication]
-listen = "127.0.0.1:0"
-ca = "certs/ca.pem"
-cert = "certs/test-mirror.pem"
-key = "certs/test-mirror.key"
-
-[writer]
-name = "test-writer"
-url = "https://127.0.0.1:9"
-"#;
-    let opts = Opts {
-        extra: cluster,
-        ..Opts::default()
-    };
-    let text = crate::support::node::config_text(&data, &origin.url(), opts)
-        .replace("role = \"writer\"", "role = \"mirror\"")
-        .replace(
-            "name = \"test-writer\"\nrole",
-            "name = \"test-mirror\"\nrole",
-        );
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = copyist::config::Config::load(&path).unwrap();
-    let node = copyist::node::Node::build(config).await.unwrap();
-    let public = node.public_addr();
-    let (_trigger, rx) = copyist::shutdown::channel();
-    tokio::spawn(node.run(rx));
-    let c = crate::support::Client::new(public);
-    let r = c.post_form("/items", "a=1").await;
-    assert_eq!(r.status, 503);
-    assert_eq!(c.get("/page").await.status, 200, "reads still served");
+    let cluster = crate::support::cluster::TestCluster::start(1).await;
+    let mirror = &cluster.mirrors[0];
+    let before = mirror.dump().await;
+    let r = mirror.client().post_form("/articles", "title=direct").await;
+    assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(
-        origin.seen().len(),
-        1,
-        "only the read reached the mirror's CMS"
+        mirror.client().get("/").await.status,
+        200,
+        "reads still served"
     );
+    assert_eq!(
+        mirror.dump().await,
+        before,
+        "the mirror's CMS changed outside replay"
+    );
+    assert_eq!(mirror.status().await["last_seq"], 0);
 }

@@ -85,7 +85,8 @@ async fn sixteen_clients_writing_articles_and_uploads_converge_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_different_id_halts_that_mirror_exactly_there_and_retry_converges() {
     let cluster = TestCluster::start(2).await;
-    // Someone edits mirror-1's database by hand: its next article ID is off by one.
+    cluster.mirrors[0].dump().await; // the fixture creates its schema on first use
+                                     // Someone edits mirror-1's database by hand: its next article ID is off by one.
     sqlite(
         &cluster.mirrors[0].cms,
         "INSERT INTO articles (title, body) VALUES ('hand', 'edit')",
@@ -195,6 +196,15 @@ async fn status_shows_every_mirror_and_rejected_entries_are_recorded_not_applied
     assert_eq!(w.post_form("/articles", "body=no-title").await.status, 422);
     w.post_form("/articles", "title=b").await;
     cluster.wait_converged().await;
+    // The writer hears the mirrors' answers a moment after they apply.
+    crate::assert_eventually!(
+        cluster.writer.status().await["mirrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["applied_seq"] == 3),
+        "writer never saw the mirrors at 3"
+    );
     let s = cluster.writer.status().await;
     let mirrors = s["mirrors"].as_array().unwrap();
     assert_eq!(mirrors.len(), 2);
@@ -209,6 +219,7 @@ async fn status_shows_every_mirror_and_rejected_entries_are_recorded_not_applied
         e["mirror_outcome"].is_null(),
         "a rejected entry must never reach the mirror's CMS"
     );
+
     let (code, out, err) = cluster.cli(vec!["status".into()]).await;
     assert_eq!(code, 0, "{err}");
     assert!(

@@ -268,6 +268,14 @@ impl Config {
     }
 }
 
+/// Checks `name` the way `[node] name` is checked: it is the DNS name in the node's
+/// certificate, so `[A-Za-z0-9_-]` parts joined by `.`, none beginning or ending with `-`, the
+/// last not all digits. `tls::issue_node` uses it, so no certificate is issued for a name no
+/// config would accept. The error is the message for the operator.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    validate::node_name(name.to_owned()).map(drop)
+}
+
 // === impl Role ===
 
 impl Role {

@@ -6,7 +6,8 @@
 //! [`defaults`], cross-field rules). Nothing past this module sees a raw string from the file.
 //!
 //! This module reads the config file and nothing else: it does not check that `data_dir` or the
-//! TLS files exist, nor bind anything. Those failures belong to `node` and `tls`, at startup.
+//! TLS files (`[public]`, `[replication]`) exist, nor bind anything, nor contact peers. Those
+//! failures belong to `node` and `tls`, at startup.
 //! Every key, its meaning and its default are listed in `proxy.toml.example`.
 
 use std::net::SocketAddr;

@@ -6,7 +6,8 @@
 //! [`defaults`], cross-field rules). Nothing past this module sees a raw string from the file.
 //!
 //! This module reads the config file and nothing else: it does not check that `data_dir` or the
-//! TLS files exist, nor bind anything. Those failures belong to `node` and `tls`, at startup.
+//! TLS files (`[public]`, `[replication]`) exist, nor bind anything, nor contact peers. Those
+//! failures belong to `node` and `tls`, at startup.
 //! Every key, its meaning and its default are listed in `proxy.toml.example`.
 
 use std::net::SocketAddr;
@@ -266,6 +267,14 @@ impl Config {
             }
         }
     }
+}
+
+/// Checks `name` the way `[node] name` is checked: it is the DNS name in the node's
+/// certificate, so `[A-Za-z0-9_-]` parts joined by `.`, none beginning or ending with `-`, the
+/// last not all digits. `tls::issue_node` uses it, so no certificate is issued for a name no
+/// config would accept. The error is the message for the operator.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    validate::node_name(name.to_owned()).map(drop)
 }
 
 // === impl Role ===

@@ -326,7 +326,7 @@ type Checked<T> = Result<T, String>;
 
 /// A node name: also the DNS name in the node's certificate, which peers check in the TLS
 /// handshake, so it must be one that certificates and rustls accept.
-fn node_name(name: String) -> Checked<String> {
+pub(super) fn node_name(name: String) -> Checked<String> {
     if name.is_empty() {
         return Err("must not be empty".to_owned());
     }

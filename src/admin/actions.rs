@@ -36,7 +36,7 @@ pub async fn mirror(
 ) -> http::Response<ProxyBody> {
     let req = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(text) => return text_response(StatusCode::BAD_REQUEST, text),
     };
     let Some(shipper) = state.shippers.iter().find(|s| s.name() == name) else {
         return text_response(
@@ -103,7 +103,7 @@ pub async fn mirror(
 pub async fn resolve(state: &AdminState, seq: &str, body: Bytes) -> http::Response<ProxyBody> {
     let req = match parse(&body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(text) => return text_response(StatusCode::BAD_REQUEST, text),
     };
     let (Ok(seq), Some(applied)) = (seq.parse::<u64>(), req.applied) else {
         return text_response(
@@ -137,14 +137,12 @@ pub async fn resolve(state: &AdminState, seq: &str, body: Bytes) -> http::Respon
     }
 }
 
-fn parse(body: &[u8]) -> Result<ActionRequest, http::Response<ProxyBody>> {
-    let req: ActionRequest = serde_json::from_slice(body)
-        .map_err(|e| text_response(StatusCode::BAD_REQUEST, format!("action body: {e}\n")))?;
+/// Parses an action body; the error is the text of a 400 answer.
+fn parse(body: &[u8]) -> Result<ActionRequest, String> {
+    let req: ActionRequest =
+        serde_json::from_slice(body).map_err(|e| format!("action body: {e}\n"))?;
     if req.reason.trim().is_empty() {
-        return Err(text_response(
-            StatusCode::BAD_REQUEST,
-            "a reason is required (--reason TEXT)\n",
-        ));
+        return Err("a reason is required (--reason TEXT)\n".into());
     }
     Ok(req)
 }

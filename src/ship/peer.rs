@@ -74,7 +74,7 @@ pub enum PeerError {
 #[derive(Debug)]
 pub enum EntryReply {
     /// Applied, recorded or halted at it (see `ApplyAnswer::halt`).
-    Done(ApplyAnswer),
+    Done(Box<ApplyAnswer>),
     /// Too early: the mirror needs this sequence number first.
     Gap(u64),
     /// The mirror is halted (at another entry).
@@ -233,7 +233,7 @@ impl Peer {
             .call(Method::POST, &wire::entry_path(entry.seq.0), body)
             .await?;
         match status {
-            StatusCode::OK => Ok(EntryReply::Done(json(&text)?)),
+            StatusCode::OK => Ok(EntryReply::Done(Box::new(json(&text)?))),
             StatusCode::CONFLICT => Ok(EntryReply::Gap(json::<Gap>(&text)?.expected)),
             StatusCode::LOCKED => Ok(EntryReply::Halted(json(&text)?)),
             StatusCode::FAILED_DEPENDENCY => Ok(EntryReply::BlobMissing),

@@ -16,9 +16,18 @@
 //! [`capture::Capture::capture`]:
 //! [`capture::spool::spool`] (body → memory or [`blobs::BlobStore`], blake3) →
 //! [`capture::multipart::index`] → write lock (FIFO) → [`log::Log::append_pending`] (durable) →
-//! `Capture::forward` → [`origin::Origin::send`] → [`capture::response::collect`] →
+//! `Capture::forward` → [`origin::Origin::send`] → [`origin::response::collect`] →
 //! [`log::Log::settle`] (accepted | rejected | in-doubt, durable) → unlock → response with
 //! `X-Copyist-Seq`.
+//!
+//! # Life of an entry on its way to a mirror
+//! [`ship::Shipper::run`] (one per mirror) → `Shipper::session` (starts at the mirror's
+//! `applied_seq` from [`ship::peer::Peer::state`]) → [`ship::peer::Peer::ensure_blob`] →
+//! [`ship::peer::Peer::send_entry`] (window in flight) → mirror: [`apply::Replication::serve`]
+//! (mTLS, peer name checked) → `Replication::apply` (next seq only) →
+//! [`log::Log::begin_apply`] (durable `applying`) → `Replication::replay` →
+//! [`origin::Origin::send`] → [`compare::observe`] + [`compare::compare`] →
+//! [`log::Log::finish_apply`] (`applied`, or `diverged` and halted) → answer to the writer.
 //!
 //! # Layout
 //! * [`config`] — `proxy.toml`: raw file → validated [`config::Config`], every problem at once.
@@ -28,7 +37,11 @@
 //! * [`capture`] — the capture pipeline and its write lock; fail-closed latch.
 //! * [`log`] — the durable log (the only module that names sled).
 //! * [`blobs`] — content-addressed blob files (the only module that touches the blob dir).
-//! * [`origin`] — pooled client to the local CMS and every origin timeout.
+//! * [`origin`] — pooled client to the local CMS, every origin timeout, response collection.
+//! * [`ship`] — writer side of replication: a shipper per mirror and its mTLS peer client.
+//! * [`apply`] — mirror side: the replication listener, ordered apply, cookie sessions.
+//! * [`compare`] — what of a response a mirror must match, and the comparison.
+//! * [`wire`] — the replication protocol's paths and messages.
 //! * [`admin`] — admin listener: liveness and the JSON API the CLI uses.
 //! * [`tls`] — rustls configuration.
 //! * [`cli`] — subcommands; talks to a running node only through the admin API.
@@ -42,7 +55,10 @@
 //! * An outcome copyist cannot know (origin timed out after the request was sent, crash while
 //!   pending) is recorded `in-doubt`, never guessed.
 //! * Once the log or blob store fails to write, captured requests get 503 until restart.
-//! * Only `log` touches sled; only `blobs` touches the blob directory; `admin` only reads.
+//! * A mirror applies a gap-free, strictly increasing prefix of sequence numbers, each at most
+//!   once; it halts on any difference and only an audited operator action moves it on.
+//! * Only `log` touches sled; only `blobs` touches the blob directory; `ship` never calls the
+//!   origin; `admin` writes nothing but audited operator actions.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod admin;

@@ -185,7 +185,15 @@ impl Shipper {
             self.set(|s| s.state = "halted".into());
             return Ok(SessionEnd::Idle);
         }
-        let _ = inner.log.set_cursor(self.name(), Seq(state.applied_seq));
+        // The cursor only moves forward; a mirror reporting less (re-initialised) is simply
+        // sent what it lacks.
+        if inner
+            .log
+            .cursor(self.name())
+            .is_ok_and(|c| c.0 < state.applied_seq)
+        {
+            let _ = inner.log.set_cursor(self.name(), Seq(state.applied_seq));
+        }
         let mut settled = inner.log.subscribe();
         let mut next = state.applied_seq + 1;
         let mut in_flight = FuturesOrdered::new();
@@ -254,7 +262,13 @@ impl Shipper {
                         });
                         return Ok(SessionEnd::Idle);
                     }
-                    let _ = inner.log.set_cursor(self.name(), Seq(answer.seq));
+                    if inner
+                        .log
+                        .cursor(self.name())
+                        .is_ok_and(|c| c.0 < answer.seq)
+                    {
+                        let _ = inner.log.set_cursor(self.name(), Seq(answer.seq));
+                    }
                     self.set(|s| s.applied_seq = s.applied_seq.max(answer.seq));
                 }
                 EntryReply::Halted(halt) => {

@@ -258,6 +258,8 @@ async fn status(path: &Path, json: bool) -> CliResult {
     println!("last seq    {}", s.last_seq);
     let writes = if s.fail_closed {
         "REFUSED (storage failed; restart after fixing it)"
+    } else if s.role == "mirror" {
+        "refused (a mirror's CMS changes only through replay)"
     } else {
         "ok"
     };
@@ -265,7 +267,7 @@ async fn status(path: &Path, json: bool) -> CliResult {
     if s.role == "mirror" {
         println!("applied     {}", s.applied_seq);
         match &s.halt {
-            Some(h) => println!("state       HALTED at {}: {}", h.seq, h.detail),
+            Some(h) => println!("state       HALTED: {}", h.detail),
             None => println!("state       applying"),
         }
     }
@@ -282,7 +284,7 @@ async fn status(path: &Path, json: bool) -> CliResult {
                 m.status.state.as_str()
             };
             let note = match (&m.status.halt, &m.status.last_error, m.status.blocked_at) {
-                (Some(h), _, _) => format!("halted at {}: {}", h.seq, h.detail),
+                (Some(h), _, _) => format!("halted: {}", h.detail),
                 (None, _, Some(seq)) => {
                     format!("waiting for in-doubt entry {seq}: copyist resolve {seq}")
                 }
@@ -400,7 +402,7 @@ async fn log_show(path: &Path, seq: u64, json: bool) -> CliResult {
     println!("request id  {}", d.request_id);
     println!("received    {} (unix ms)", s.received_unix_ms);
     println!(
-        "body        {} bytes, {} , blake3 {}",
+        "body        {} bytes, {}, blake3 {}",
         s.body_len, d.body_storage, d.body_hash
     );
     println!("headers");
@@ -432,7 +434,13 @@ async fn log_show(path: &Path, seq: u64, json: bool) -> CliResult {
         }
     }
     if let Some(h) = &d.halt {
-        println!("halt        {} ({})", h.reason, h.detail);
+        // An entry keeps its halt as history after a retry or skip moved the mirror on.
+        let when = if matches!(s.state.as_str(), "diverged" | "in-doubt") {
+            "halt"
+        } else {
+            "was halted"
+        };
+        println!("{when:<11} {}", h.detail);
     }
     if let Some(o) = &d.mirror_outcome {
         println!(

@@ -81,9 +81,17 @@ pub async fn mirror(
             match shipper.control(&control).await {
                 Ok(peer) => {
                     tracing::warn!(mirror = name, action, seq = ?req.seq, reason = %req.reason, by = %req.by, "operator action");
+                    let what = if action == "retry" {
+                        "halt cleared; the halted entry is applied again next"
+                    } else {
+                        "entry skipped; the mirror goes on from the next one"
+                    };
                     text_response(
                         StatusCode::OK,
-                        format!("{name}: {action} done; applied seq {}\n", peer.applied_seq),
+                        format!(
+                            "{name}: {what} (applied seq {}); see `copyist status`\n",
+                            peer.applied_seq
+                        ),
                     )
                 }
                 Err(e) => text_response(

@@ -21,3 +21,8 @@ fi
 cargo fmt --all --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked "$@"
+
+# The README's demo command, unattended: a writer and two mirrors must converge.
+rm -rf demo
+scripts/demo.sh --check
+rm -rf demo

@@ -37,6 +37,11 @@ pub trait HttpError: std::error::Error {
     fn close_connection(&self) -> bool {
         false
     }
+    /// The log entry the request got, if it got that far (sent as `X-Copyist-Seq`, so an
+    /// operator can find an in-doubt entry from the client's side).
+    fn seq(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Builds the synthetic response for `err`, logging it once with the whole `source()` chain.
@@ -57,6 +62,10 @@ pub fn error_response(err: &(dyn HttpError + Send + Sync)) -> Response<ProxyBody
     let reason = HeaderValue::from_str(&header_safe(&err.to_string()))
         .unwrap_or_else(|_| HeaderValue::from_static("error"));
     resp.headers_mut().insert("x-copyist-error", reason);
+    if let Some(seq) = err.seq() {
+        resp.headers_mut()
+            .insert("x-copyist-seq", HeaderValue::from(seq));
+    }
     if err.close_connection() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -337,10 +337,9 @@ impl Replication {
             }
         }
         let body = self.body_of(&entry)?;
-        let writer_outcome = entry
-            .outcome
-            .clone()
-            .ok_or_else(|| ApplyRefusal::Invalid(format!("entry {seq} carries no outcome")))?;
+        // An entry an operator resolved as applied after the writer lost its outcome (timeout,
+        // crash) has nothing to compare with: then only the mirror's own status is judged.
+        let writer_outcome = entry.outcome.clone().filter(|o| o.error.is_none());
         let log = inner.log.clone();
         let record = entry.clone();
         // The CMS is contacted only after the entry is durably `applying`.
@@ -352,12 +351,7 @@ impl Replication {
             Ok(collected) => {
                 let observed = crate::compare::observe(rule, collected.memory.as_deref());
                 let outcome = outcome_of(&collected, observed, started);
-                let verdict =
-                    crate::compare::compare(rule, &writer_outcome, &outcome).map_err(|d| Halt {
-                        seq: Seq(seq),
-                        reason: d.code().to_string(),
-                        detail: format!("{d} seq={seq}"),
-                    });
+                let verdict = judge(rule, writer_outcome.as_ref(), &outcome, seq);
                 (outcome, verdict)
             }
             Err(e) => {
@@ -386,11 +380,11 @@ impl Replication {
                 (outcome, Err(halt))
             }
         };
-        let cookies = match &verdict {
-            Ok(()) => {
-                sessions::new_mappings(&writer_outcome.set_cookies, &mirror_outcome.set_cookies)
+        let cookies = match (&verdict, &writer_outcome) {
+            (Ok(()), Some(w)) => {
+                sessions::new_mappings(&w.set_cookies, &mirror_outcome.set_cookies)
             }
-            Err(_) => Vec::new(),
+            _ => Vec::new(),
         };
         if let Err(halt) = &verdict {
             tracing::error!(seq, reason = %halt.reason, detail = %halt.detail, "mirror halted");
@@ -627,6 +621,33 @@ fn outcome_of(
         error: None,
         fields: observed.fields,
         masked_digest: observed.masked_digest,
+    }
+}
+
+/// Compares the mirror's outcome with the writer's. Without a writer outcome (lost to a timeout
+/// or crash, then resolved as applied by an operator) there is nothing to compare with, and only
+/// the mirror's own status is judged: a success status is accepted.
+fn judge(
+    rule: &crate::config::CompareRule,
+    writer: Option<&Outcome>,
+    mirror: &Outcome,
+    seq: u64,
+) -> Result<(), Halt> {
+    match writer {
+        Some(w) => crate::compare::compare(rule, w, mirror).map_err(|d| Halt {
+            seq: Seq(seq),
+            reason: d.code().to_string(),
+            detail: format!("{d} seq={seq}"),
+        }),
+        None if (200..400).contains(&mirror.status) => Ok(()),
+        None => Err(Halt {
+            seq: Seq(seq),
+            reason: "status_mismatch".into(),
+            detail: format!(
+                "status_mismatch writer=unknown mirror={} seq={seq} (writer outcome lost; resolved as applied)",
+                mirror.status
+            ),
+        }),
     }
 }
 

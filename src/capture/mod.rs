@@ -96,6 +96,14 @@ impl HttpError for CaptureError {
         // The body was not read to its end: the connection's framing is lost.
         matches!(self, CaptureError::Body(_))
     }
+    fn seq(&self) -> Option<u64> {
+        match self {
+            CaptureError::Origin { seq, .. } | CaptureError::LogAfterOrigin { seq, .. } => {
+                Some(seq.0)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl From<SpoolError> for CaptureError {

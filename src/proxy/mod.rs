@@ -86,6 +86,12 @@ impl HttpError for ProxyError {
             ProxyError::Capture(e) => e.status(),
         }
     }
+    fn seq(&self) -> Option<u64> {
+        match self {
+            ProxyError::Capture(e) => e.seq(),
+            _ => None,
+        }
+    }
     fn close_connection(&self) -> bool {
         match self {
             ProxyError::Capture(e) => e.close_connection(),

@@ -202,6 +202,7 @@ async fn origin_that_never_answers_leaves_the_entry_in_doubt() {
     let node = TestNode::start_opts(&origin.url(), opts).await;
     let r = node.client().post_form("/stall", "a=1").await;
     assert_eq!(r.status, 504);
+    assert_eq!(r.seq(), Some(1), "the client can name the in-doubt entry");
     assert_eq!(origin.seen().len(), 1, "the origin did get the request");
     let e = node.api("/api/v1/log/1").await;
     assert_eq!(

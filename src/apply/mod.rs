@@ -287,7 +287,15 @@ impl Replication {
                 return text_response(StatusCode::BAD_REQUEST, format!("undecodable entry: {e}\n"))
             }
         };
-        match self.apply(entry).await {
+        // Applying runs in its own task: a writer that disconnects (or is killed) mid-request
+        // must not cancel it between `begin_apply` and `finish_apply`, which would leave the
+        // entry `applying` with nobody finishing it.
+        let this = self.clone();
+        let applied = match tokio::spawn(async move { this.apply(entry).await }).await {
+            Ok(result) => result,
+            Err(e) => Err(ApplyRefusal::Invalid(format!("apply task failed: {e}"))),
+        };
+        match applied {
             Ok(answer) => json(StatusCode::OK, &answer),
             Err(ApplyRefusal::Gap(expected)) => json(StatusCode::CONFLICT, &Gap { expected }),
             Err(ApplyRefusal::Halted(halt)) => json(StatusCode::LOCKED, &halt),

@@ -202,6 +202,26 @@ impl Capture {
             .await
             .map_err(|e| self.latch_spool(e))?;
         let record = self.record(&req, &body).await;
+        // Steps 2-4 run in their own task: a client that disconnects now must not cancel them
+        // half-way (a Pending entry left behind would block shipping, an origin answer would go
+        // unrecorded). The task finishes and settles whatever happens to the connection.
+        let this = self.clone();
+        let span = tracing::Span::current();
+        let commit = tokio::spawn(tracing::Instrument::instrument(
+            async move { this.commit(req, body, record).await },
+            span,
+        ));
+        commit.await.map_err(CaptureError::Task)?
+    }
+
+    /// Steps 2-4: write lock, durable Pending, origin, durable outcome, answer.
+    async fn commit(
+        &self,
+        req: CaptureRequest,
+        body: StoredBody,
+        record: RequestRecord,
+    ) -> Result<Response<ProxyBody>, CaptureError> {
+        let inner = &self.inner;
         // Step 2: the lock is held until the outcome is durable, so log order = origin order.
         let _lock = inner.write_lock.lock().await;
         if self.is_fail_closed() {

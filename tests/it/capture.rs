@@ -284,3 +284,31 @@ async fn a_mirror_never_applies_a_client_write_locally() {
     );
     assert_eq!(mirror.status().await["last_seq"], 0);
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_the_origin_works_still_gets_its_entry_settled() {
+    let origin = StubOrigin::spawn().await;
+    let opts = Opts {
+        origin: "response_timeout = \"300ms\"",
+        ..Opts::default()
+    };
+    let node = TestNode::start_opts(&origin.url(), opts).await;
+    let mut s = tokio::net::TcpStream::connect(node.public).await.unwrap();
+    s.write_all(b"POST /stall HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+        .await
+        .unwrap();
+    crate::assert_eventually!(
+        origin.seen().iter().any(|r| r.target == "/stall"),
+        "never forwarded"
+    );
+    drop(s); // the client gives up while the origin is still working
+             // The capture still finishes: the entry is settled (in doubt), never left pending.
+    crate::assert_eventually!(
+        node.api("/api/v1/log/1").await["state"] == "in-doubt",
+        "entry left pending after the client hung up"
+    );
+    assert_eq!(
+        node.client().post_form("/items", "next=1").await.seq(),
+        Some(2)
+    );
+}

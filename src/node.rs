@@ -103,7 +103,7 @@ impl Node {
         let (log, in_doubt) =
             tokio::task::spawn_blocking(move || Log::open(&log_dir, cache)).await??;
         for seq in &in_doubt {
-            tracing::warn!(%seq, "entry was pending when the node stopped: now in-doubt");
+            tracing::warn!(%seq, "entry was pending (writer) or applying (mirror) when the node stopped: now in-doubt");
         }
         // 3. Blobs, origin, capture.
         let blobs = BlobStore::open(&data.join("blobs"))?;

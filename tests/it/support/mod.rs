@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod node;
 pub mod origin;
 pub mod php;
+pub mod process_cluster;
 
 pub use client::{raw, Client, Reply};
 pub use node::{NodeProcess, TestNode};

@@ -306,6 +306,12 @@ impl Replication {
             Err(ApplyRefusal::Invalid(why)) => {
                 text_response(StatusCode::BAD_REQUEST, format!("{why}\n"))
             }
+            Err(ApplyRefusal::Conflict(seq)) => text_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "conflicting_record seq={seq}: another request was applied under that number\n"
+                ),
+            ),
             Err(ApplyRefusal::Log(e)) => text_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("mirror log: {}\n", crate::error::error_chain(&e)),
@@ -321,7 +327,7 @@ impl Replication {
         let _lock = inner.apply_lock.lock().await;
         let applied = inner.log.applied_seq().0;
         if seq <= applied {
-            return self.recorded(seq);
+            return self.recorded(seq, &entry);
         }
         if let Some(halt) = inner.log.halt() {
             return Err(ApplyRefusal::Halted(halt));
@@ -333,9 +339,10 @@ impl Replication {
             EntryState::Accepted => {}
             EntryState::Rejected => {
                 let log = inner.log.clone();
+                let shipped = entry.clone();
                 blocking(move || log.record_rejected(entry)).await?;
                 inner.applied.send_replace(seq);
-                return self.recorded(seq);
+                return self.recorded(seq, &shipped);
             }
             other => {
                 return Err(ApplyRefusal::Invalid(format!(
@@ -431,11 +438,21 @@ impl Replication {
         }
     }
 
-    /// The recorded answer for an entry already finished here.
-    fn recorded(&self, seq: u64) -> Result<ApplyAnswer, ApplyRefusal> {
+    /// The recorded answer for an entry already finished here, if `resent` is the same request
+    /// (a resend is harmless). Another request under the same number means a second or stale
+    /// writer: refused as `conflicting_record`, and nothing reaches the CMS.
+    fn recorded(&self, seq: u64, resent: &Entry) -> Result<ApplyAnswer, ApplyRefusal> {
         let entry = self.inner.log.get(Seq(seq)).map_err(ApplyRefusal::Log)?;
         let entry = entry
             .ok_or_else(|| ApplyRefusal::Invalid(format!("entry {seq} missing on the mirror")))?;
+        let (a, b) = (&entry.request, &resent.request);
+        if a.method != b.method || a.target != b.target || a.body_hash != b.body_hash {
+            tracing::error!(
+                seq,
+                "conflicting_record: another request was sent under an applied sequence number"
+            );
+            return Err(ApplyRefusal::Conflict(seq));
+        }
         Ok(ApplyAnswer {
             seq,
             state: entry.state.as_str().to_string(),
@@ -591,6 +608,7 @@ enum ReplayBody {
 #[derive(Debug)]
 enum ApplyRefusal {
     Gap(u64),
+    Conflict(u64),
     Halted(Halt),
     BlobMissing,
     Invalid(String),

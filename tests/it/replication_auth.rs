@@ -424,14 +424,24 @@ async fn forged_entries_are_refused_and_a_replayed_one_is_answered_from_the_reco
         "a refused entry must leave no trace in the mirror's log"
     );
 
-    // Replayed: entry 1 again, even with other content, gets the recorded answer and never
-    // reaches the CMS (ONCE).
+    // Replayed: entry 1 again (the same request) gets the recorded answer and never reaches the
+    // CMS (ONCE); another request under number 1 (a stale or second writer) is refused as
+    // conflicting_record (RELIABILITY.md D9), and never reaches the CMS either.
     let recorded = m.node.api("/api/v1/log/1").await;
     assert_eq!(recorded["state"], "applied");
+    let (status, body) = post_entry(rep, config.clone(), 1, &article_entry(1, "replayed"))
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("conflicting_record seq=1"));
+    let mut same = article_entry(1, "real");
+    if let BodyRef::Inline(bytes) = &mut same.request.body {
+        *bytes = b"title=real".to_vec();
+        same.request.body_len = bytes.len() as u64;
+        same.request.body_hash = BlobHash::from(blake3::hash(bytes));
+    }
     for _ in 0..2 {
-        let (status, body) = post_entry(rep, config.clone(), 1, &article_entry(1, "replayed"))
-            .await
-            .unwrap();
+        let (status, body) = post_entry(rep, config.clone(), 1, &same).await.unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(answer["seq"], 1);

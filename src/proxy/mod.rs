@@ -280,7 +280,7 @@ impl Proxy {
         conn: Conn,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let c = &self.inner.config;
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         check_framing(&parts.headers)?;
         if header_bytes(&parts.headers) > c.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge(c.max_header_bytes));
@@ -311,7 +311,7 @@ impl Proxy {
             Route::PassThrough | Route::Capture => {}
         }
         let request_id = self.next_request_id();
-        let (headers, client) = self.origin_headers(&parts, host, conn, &request_id);
+        let (headers, client) = self.origin_headers(&mut parts, host, conn, &request_id);
         let body = GuardedBody::new(body, c.max_body_bytes, c.body_read_timeout);
         if route == Route::Capture {
             let req = CaptureRequest {
@@ -334,14 +334,15 @@ impl Proxy {
 
     /// The headers the origin gets: the client's, minus hop-by-hop and `X-Copyist-*`, with
     /// `X-Forwarded-*` set, the original `Host`, and our request id. Returns the real client address.
+    /// The request's header map is edited in place (taken out of `parts`): no copy per request.
     fn origin_headers(
         &self,
-        parts: &Parts,
+        parts: &mut Parts,
         host: Option<HeaderValue>,
         conn: Conn,
         request_id: &str,
     ) -> (HeaderMap, std::net::IpAddr) {
-        let mut h = parts.headers.clone();
+        let mut h = std::mem::take(&mut parts.headers);
         headers::strip_hop_by_hop(&mut h);
         headers::strip_copyist(&mut h);
         // Framing is re-derived from the body we actually send: exactly one normalised request.

@@ -326,34 +326,8 @@ fn who() -> String {
 }
 
 async fn post(path: &Path, api: &str, body: serde_json::Value) -> CliResult {
-    let config = load(path)?;
-    let addr = admin_addr(&config)?;
-    let uri: http::Uri = format!("http://{addr}{api}")
-        .parse()
-        .map_err(|_| format!("invalid request {api}"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
-    let mut req = http::Request::new(http_body_util::Full::new(Bytes::from(body.to_string())));
-    *req.method_mut() = http::Method::POST;
-    *req.uri_mut() = uri;
-    let resp = client.request(req).await.map_err(|e| {
-        format!(
-            "cannot reach node {} at {addr} (is it running?): {}",
-            config.node.name,
-            error_chain(&e)
-        )
-    })?;
-    let status = resp.status();
-    let text = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("reading answer: {e}"))?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&text);
-    if !status.is_success() {
-        return Err(format!("{status}: {}", text.trim()));
-    }
-    print!("{text}");
+    let text = call(path, http::Method::POST, api, Bytes::from(body.to_string())).await?;
+    print!("{}", String::from_utf8_lossy(&text));
     Ok(())
 }
 
@@ -544,12 +518,21 @@ fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<
 }
 
 async fn get(path: &Path, api: &str) -> Result<Bytes, String> {
+    call(path, http::Method::GET, api, Bytes::new()).await
+}
+
+/// One admin API request to the node `path` configures; a non-2xx answer is an error with its text.
+async fn call(path: &Path, method: http::Method, api: &str, body: Bytes) -> Result<Bytes, String> {
     let config = load(path)?;
     let addr = admin_addr(&config)?;
-    let uri = format!("http://{addr}{api}")
+    let uri: http::Uri = format!("http://{addr}{api}")
         .parse()
         .map_err(|_| format!("invalid request {api}"))?;
-    let resp = client().get(uri).await.map_err(|e| {
+    let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Full<Bytes>>();
+    let mut req = http::Request::new(http_body_util::Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    let resp = client.request(req).await.map_err(|e| {
         format!(
             "cannot reach node {} at {addr} (is it running?): {}",
             config.node.name,

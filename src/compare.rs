@@ -149,6 +149,32 @@ const UNKNOWN_FIELD: &str = "<unknown>";
 /// What a masked digest is shown as when an outcome has none.
 const UNKNOWN_BODY: &str = "unknown";
 
+/// The outcome record of a collected origin response: what the writer keeps for its mirrors to
+/// match, and what a mirror keeps of its own replay.
+pub fn outcome(
+    c: &crate::origin::response::Collected,
+    observed: Observed,
+    duration_us: u64,
+) -> Outcome {
+    let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    Outcome {
+        status: c.status.as_u16(),
+        location: c.headers.get(http::header::LOCATION).map(text),
+        set_cookies: c
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .map(text)
+            .collect(),
+        body_digest: c.digest,
+        body_len: c.len,
+        duration_us,
+        error: None,
+        fields: observed.fields,
+        masked_digest: observed.masked_digest,
+    }
+}
+
 /// Compares a mirror's outcome with the writer's under `rule`: status (exact, or same class when
 /// [`StatusCompare::Class`]), `Location` after [`normalise_location`] when `rule.location`, each
 /// JSON field in rule order, masked digest when `rule.body` (if either side lacks

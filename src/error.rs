@@ -88,6 +88,22 @@ pub fn text_response(status: StatusCode, text: impl Into<Bytes>) -> Response<Pro
     resp
 }
 
+/// A JSON response (the admin API, the replication listener).
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut resp = Response::new(full(bytes));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
+
 /// A complete in-memory body as a [`ProxyBody`].
 pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
     Full::new(bytes.into())

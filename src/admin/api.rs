@@ -13,7 +13,7 @@ use crate::blobs::{BlobHash, BlobStore};
 use crate::capture::multipart::{is_secret, MASK};
 use crate::capture::Capture;
 use crate::config::Role;
-use crate::error::{full, text_response, BoxError, ProxyBody};
+use crate::error::{json_response, text_response, BoxError, ProxyBody};
 use crate::log::{AuditRecord, BodyRef, Entry, Halt, Log, MultipartIndex, Outcome, Seq};
 use crate::ship::{MirrorStatus, Shipper};
 
@@ -161,7 +161,7 @@ pub struct OutcomeView {
 
 /// `GET /api/v1/status`.
 pub async fn status(state: &AdminState) -> Response<ProxyBody> {
-    json(
+    json_response(
         StatusCode::OK,
         &StatusView {
             node: state.node.clone(),
@@ -220,7 +220,7 @@ pub async fn list(state: &AdminState, query: &str) -> Response<ProxyBody> {
     let log = state.log.clone();
     let entries = tokio::task::spawn_blocking(move || log.list(before, limit)).await;
     match entries {
-        Ok(Ok(entries)) => json(
+        Ok(Ok(entries)) => json_response(
             StatusCode::OK,
             &entries.iter().map(summary).collect::<Vec<_>>(),
         ),
@@ -236,7 +236,7 @@ pub async fn show(state: &AdminState, seq: &str) -> Response<ProxyBody> {
     };
     let log = state.log.clone();
     match tokio::task::spawn_blocking(move || log.get(Seq(seq))).await {
-        Ok(Ok(Some(entry))) => json(StatusCode::OK, &detail(&entry, &state.mask_fields)),
+        Ok(Ok(Some(entry))) => json_response(StatusCode::OK, &detail(&entry, &state.mask_fields)),
         Ok(Ok(None)) => text_response(StatusCode::NOT_FOUND, format!("no entry {seq}\n")),
         Ok(Err(e)) => server_error(&e),
         Err(e) => server_error(&e),
@@ -373,21 +373,6 @@ fn mask_set_cookie(text: &str) -> String {
     match text.split_once(';') {
         Some((first, attrs)) => format!("{};{attrs}", mask_cookie_pairs(first, ';')),
         None => mask_cookie_pairs(text, ';'),
-    }
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut resp = Response::new(full(bytes));
-            *resp.status_mut() = status;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => server_error(&e),
     }
 }
 

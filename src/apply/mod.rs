@@ -33,7 +33,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 use tokio_rustls::TlsAcceptor;
@@ -42,7 +41,7 @@ use crate::blobs::BlobStore;
 use crate::body::GuardedBody;
 use crate::capture::spool::{self, Stored};
 use crate::config::{CompareConfig, Role};
-use crate::error::{full, text_response, BoxError, ProxyBody};
+use crate::error::{full, json_response, text_response, BoxError, ProxyBody};
 use crate::log::{AuditRecord, BodyRef, Entry, EntryState, Halt, Log, LogError, Outcome, Seq};
 use crate::origin::{response, Origin, OriginError};
 use crate::shutdown::Shutdown;
@@ -201,7 +200,7 @@ impl Replication {
         };
         let method = req.method().clone();
         if rest == "state" && method == Method::GET {
-            return json(StatusCode::OK, &self.state());
+            return json_response(StatusCode::OK, &self.state());
         }
         if self.inner.role != Role::Mirror {
             return text_response(StatusCode::FORBIDDEN, "this node is not a mirror\n");
@@ -296,9 +295,11 @@ impl Replication {
             Err(e) => Err(ApplyRefusal::Invalid(format!("apply task failed: {e}"))),
         };
         match applied {
-            Ok(answer) => json(StatusCode::OK, &answer),
-            Err(ApplyRefusal::Gap(expected)) => json(StatusCode::CONFLICT, &Gap { expected }),
-            Err(ApplyRefusal::Halted(halt)) => json(StatusCode::LOCKED, &halt),
+            Ok(answer) => json_response(StatusCode::OK, &answer),
+            Err(ApplyRefusal::Gap(expected)) => {
+                json_response(StatusCode::CONFLICT, &Gap { expected })
+            }
+            Err(ApplyRefusal::Halted(halt)) => json_response(StatusCode::LOCKED, &halt),
             Err(ApplyRefusal::BlobMissing) => text_response(
                 StatusCode::FAILED_DEPENDENCY,
                 "body blob missing; push it first\n",
@@ -365,7 +366,7 @@ impl Replication {
         let (mirror_outcome, verdict) = match result {
             Ok(collected) => {
                 let observed = crate::compare::observe(rule, collected.memory.as_deref());
-                let outcome = outcome_of(&collected, observed, started);
+                let outcome = crate::compare::outcome(&collected, observed, elapsed_us(started));
                 let verdict = judge(rule, writer_outcome.as_ref(), &outcome, seq);
                 (outcome, verdict)
             }
@@ -587,7 +588,7 @@ impl Replication {
                 self.inner
                     .applied
                     .send_replace(self.inner.log.applied_seq().0);
-                json(StatusCode::OK, &self.state())
+                json_response(StatusCode::OK, &self.state())
             }
             Err(ApplyRefusal::Log(e)) => text_response(
                 StatusCode::CONFLICT,
@@ -621,32 +622,6 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApplyRefusal::Log),
         Err(e) => Err(ApplyRefusal::Invalid(format!("apply task failed: {e}"))),
-    }
-}
-
-fn outcome_of(
-    c: &response::Collected,
-    observed: crate::compare::Observed,
-    started: Instant,
-) -> Outcome {
-    Outcome {
-        status: c.status.as_u16(),
-        location: c
-            .headers
-            .get(header::LOCATION)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        set_cookies: c
-            .headers
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect(),
-        body_digest: c.digest,
-        body_len: c.len,
-        duration_us: elapsed_us(started),
-        error: None,
-        fields: observed.fields,
-        masked_digest: observed.masked_digest,
     }
 }
 
@@ -684,19 +659,4 @@ fn elapsed_us(started: Instant) -> u64 {
 /// The path part of a request target (for compare rules).
 pub fn target_path(target: &str) -> &str {
     target.split('?').next().unwrap_or(target)
-}
-
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ProxyBody> {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => {
-            let mut resp = Response::new(full(bytes));
-            *resp.status_mut() = status;
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-    }
 }

@@ -393,22 +393,7 @@ fn settle_decision(
             } else {
                 Event::OriginRejected
             };
-            let outcome = Outcome {
-                status: c.status.as_u16(),
-                location: header_text(&c.headers, header::LOCATION),
-                set_cookies: c
-                    .headers
-                    .get_all(header::SET_COOKIE)
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect(),
-                body_digest: c.digest,
-                body_len: c.len,
-                duration_us,
-                error: None,
-                fields: observed.fields,
-                masked_digest: observed.masked_digest,
-            };
+            let outcome = crate::compare::outcome(&c, observed, duration_us);
             (event, outcome, Ok(c))
         }
         Err(e) => {
@@ -444,12 +429,6 @@ fn respond(collected: Collected, seq: Seq) -> Response<ProxyBody> {
     *resp.status_mut() = collected.status;
     *resp.headers_mut() = headers;
     resp
-}
-
-fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

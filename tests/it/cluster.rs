@@ -4,25 +4,6 @@
 use crate::support::client::multipart;
 use crate::support::cluster::{ClusterOpts, TestCluster};
 
-/// Runs PHP against a node's SQLite file (operator surgery in tests: pre-insert, delete rows).
-fn sqlite(cms: &crate::support::PhpCms, sql: &str) {
-    let db = cms.dir.path().join("cms.sqlite");
-    let code = format!(
-        "$db = new PDO('sqlite:{}'); $db->exec(\"{sql}\");",
-        db.display()
-    );
-    let out = std::process::Command::new("php")
-        .arg("-r")
-        .arg(code)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_clients_writing_articles_and_uploads_converge_on_every_node() {
     let cluster = TestCluster::start(2).await;
@@ -85,12 +66,12 @@ async fn sixteen_clients_writing_articles_and_uploads_converge_on_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_different_id_halts_that_mirror_exactly_there_and_retry_converges() {
     let cluster = TestCluster::start(2).await;
-    cluster.mirrors[0].dump().await; // the fixture creates its schema on first use
-                                     // Someone edits mirror-1's database by hand: its next article ID is off by one.
-    sqlite(
-        &cluster.mirrors[0].cms,
-        "INSERT INTO articles (title, body) VALUES ('hand', 'edit')",
-    );
+    // The fixture creates its schema on first use.
+    cluster.mirrors[0].dump().await;
+    // Someone edits mirror-1's database by hand: its next article ID is off by one.
+    cluster.mirrors[0]
+        .cms
+        .sql("INSERT INTO articles (title, body) VALUES ('hand', 'edit')");
     let w = cluster.writer.client();
     assert_eq!(w.post_form("/articles", "title=one").await.seq(), Some(1));
     let halt = cluster.wait_halted(0).await;
@@ -118,7 +99,7 @@ async fn a_different_id_halts_that_mirror_exactly_there_and_retry_converges() {
 
     // A restart alone does not resume (the halt is durable): covered in the log's tests; here the
     // operator fixes the data and retries.
-    sqlite(&m1.cms, "DELETE FROM articles");
+    m1.cms.sql("DELETE FROM articles");
     let (code, out, err) = cluster
         .cli(vec![
             "mirror".into(),

@@ -202,25 +202,6 @@ async fn post_entry(
 
 // === helpers ===
 
-/// Runs PHP against a node's SQLite file (operator surgery in tests; as in `cluster.rs`).
-fn sqlite(cms: &PhpCms, sql: &str) {
-    let db = cms.dir.path().join("cms.sqlite");
-    let code = format!(
-        "$db = new PDO('sqlite:{}'); $db->exec(\"{sql}\");",
-        db.display()
-    );
-    let out = std::process::Command::new("php")
-        .arg("-r")
-        .arg(code)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn applied_seq(m: &Member) -> u64 {
     m.status().await["applied_seq"].as_u64().unwrap()
 }
@@ -793,10 +774,9 @@ async fn a_halted_mirror_stays_halted_across_a_restart() {
     } = pair("", true).await;
     let relay = relay.unwrap();
     mirror.dump().await; // the fixture creates its schema on first use
-    sqlite(
-        &mirror.cms,
-        "INSERT INTO articles (title, body) VALUES ('hand', 'edit')",
-    );
+    mirror
+        .cms
+        .sql("INSERT INTO articles (title, body) VALUES ('hand', 'edit')");
     let w = writer.client();
     assert_eq!(w.post_form("/articles", "title=one").await.seq(), Some(1));
     crate::assert_eventually!(

@@ -48,6 +48,11 @@ impl PhpCms {
         panic!("php -S did not start");
     }
 
+    /// Runs SQL against this CMS's SQLite file, as an operator editing the database by hand.
+    pub fn sql(&self, sql: &str) {
+        sql_at(&self.dir.path().join("cms.sqlite"), sql);
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -87,4 +92,18 @@ impl Drop for PhpCms {
     fn drop(&mut self) {
         kill_group(&mut self.child);
     }
+}
+
+/// Runs SQL against a fixture CMS's SQLite file with PHP's PDO (the test machine has no sqlite3).
+pub fn sql_at(db: &std::path::Path, sql: &str) {
+    let code = format!(
+        "$db = new PDO('sqlite:{}'); $db->exec(\"{sql}\");",
+        db.display()
+    );
+    let out = Command::new("php").arg("-r").arg(code).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -12,5 +12,6 @@ mod cluster;
 mod cms;
 mod durability;
 mod hygiene;
+mod metrics;
 mod passthrough;
 mod tls;

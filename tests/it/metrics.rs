@@ -179,3 +179,56 @@ async fn the_writer_sees_each_mirror_catch_up() {
         3.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halt_and_a_skip_show_on_both_sides() {
+    let cluster = TestCluster::start(1).await;
+    let m1 = &cluster.mirrors[0];
+    m1.dump().await; // the fixture creates its schema on first use
+    let db = m1.cms.dir.path().join("cms.sqlite");
+    let code = format!(
+        "$db = new PDO('sqlite:{}'); $db->exec(\"INSERT INTO articles (title, body) VALUES ('hand', 'edit')\");",
+        db.display()
+    );
+    let out = std::process::Command::new("php")
+        .arg("-r")
+        .arg(code)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The mirror's CMS now gives the next article another id: it halts at seq 1.
+    let w = cluster.writer.client();
+    assert_eq!(w.post_form("/articles", "title=one").await.seq(), Some(1));
+    cluster.wait_halted(0).await;
+    let mirror_admin = m1.node.admin_client();
+    let m = scrape(&mirror_admin).await;
+    assert_eq!(m.get("copyist_halted"), 1.0);
+    assert_eq!(m.get("copyist_halts_total"), 1.0);
+    assert_eq!(m.get("copyist_applied_seq"), 0.0);
+    let writer_admin = cluster.writer.node.admin_client();
+    let halted = r#"copyist_mirror_state{mirror="mirror-1",state="halted"}"#;
+    assert_eventually!(
+        scrape(&writer_admin).await.get(halted) == 1.0,
+        "the writer never showed mirror-1 halted"
+    );
+    assert_eq!(
+        scrape(&writer_admin)
+            .await
+            .get(r#"copyist_mirror_lag_entries{mirror="mirror-1"}"#),
+        1.0
+    );
+
+    let skip = r#"{"reason": "hand edit kept", "seq": 1}"#;
+    let r = writer_admin
+        .post("/api/v1/mirrors/mirror-1/skip", "application/json", skip)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = scrape(&mirror_admin).await;
+    assert_eq!(m.get("copyist_skips_total"), 1.0);
+    assert_eq!(m.get("copyist_halted"), 0.0);
+    assert_eq!(m.get("copyist_applied_seq"), 1.0);
+    assert_eventually!(
+        scrape(&writer_admin).await.get(halted) == 0.0,
+        "the writer never saw mirror-1 resume"
+    );
+}

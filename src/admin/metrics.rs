@@ -320,8 +320,9 @@ impl Metrics {
 /// Total bytes of the stored blobs under `dir` (the two-hex-digit subdirectories; unfinished
 /// blobs in `tmp/` are not stored yet). Files that vanish mid-walk are skipped.
 ///
-/// This reads only metadata; it is here rather than in `blobs` so the blob store's owner can
-/// change without touching the metrics (the layout is documented in `blobs`).
+/// Reads metadata only, never content. It belongs in `blobs` (the only module meant to touch
+/// the blob directory) as a `BlobStore` method, and should move there when that file next
+/// changes; until then it follows the layout `blobs` documents.
 fn dir_bytes(dir: &Path) -> io::Result<u64> {
     let mut total = 0u64;
     for sub in std::fs::read_dir(dir)?.flatten() {

@@ -7,11 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::metrics::Metrics;
 use crate::admin::{self, AdminState};
 use crate::apply::{self, Replication};
 use crate::blobs::{BlobError, BlobStore};
@@ -105,8 +107,9 @@ impl Node {
         for seq in &in_doubt {
             tracing::warn!(%seq, "entry was pending (writer) or applying (mirror) when the node stopped: now in-doubt");
         }
-        // 3. Blobs, origin, capture.
+        // 3. Blobs, metrics, origin, capture.
         let blobs = BlobStore::open(&data.join("blobs"))?;
+        let metrics = Arc::new(Metrics::new(data.join("blobs")));
         let origin = Origin::new(&config.origin);
         let capture = Capture::new(
             log.clone(),
@@ -115,6 +118,7 @@ impl Node {
             config.capture.clone(),
             config.compare.clone(),
             spill_dir,
+            metrics.clone(),
         );
         // 4. TLS and listeners, bound now so a port-0 config learns its ports before serving.
         let tls = config
@@ -164,6 +168,7 @@ impl Node {
                 max_blob_bytes: config.public.max_body_bytes,
                 spill_dir: data.join("tmp"),
                 max_response_buffer: config.capture.max_response_buffer,
+                metrics: metrics.clone(),
             });
             let listener = bind("replication", rc.listen).await?;
             replication = Some((listener, TlsAcceptor::from(server), service));
@@ -174,6 +179,7 @@ impl Node {
             config.capture.rules.clone(),
             origin,
             capture.clone(),
+            metrics.clone(),
             &config.node.name,
         );
         let admin = AdminState {
@@ -186,6 +192,7 @@ impl Node {
             mask_fields: config.capture.mask_fields.clone(),
             shippers: shippers.clone(),
             replication: replication.as_ref().map(|(_, _, r)| r.clone()),
+            metrics,
         };
         Ok(Node {
             config,

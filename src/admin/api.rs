@@ -44,6 +44,8 @@ pub struct AdminState {
     pub shippers: Vec<Shipper>,
     /// The replication service, when configured (its state: applied seq, halt).
     pub replication: Option<Replication>,
+    /// Event counters and histograms for `GET /metrics`.
+    pub metrics: std::sync::Arc<super::metrics::Metrics>,
 }
 
 /// `GET /api/v1/status`.
@@ -184,7 +186,8 @@ pub async fn status(state: &AdminState) -> Response<ProxyBody> {
     )
 }
 
-fn mirror_view(state: &AdminState, shipper: &Shipper) -> MirrorView {
+/// One mirror as the writer sees it, with its lag (for status and metrics).
+pub fn mirror_view(state: &AdminState, shipper: &Shipper) -> MirrorView {
     let status = shipper.status();
     let last = state.log.last_seq().0;
     let lag_entries = last.saturating_sub(status.applied_seq);

@@ -8,11 +8,13 @@
 //! * `GET /api/v1/blob/HASH` — a blob's bytes, verified against its hash first.
 //! * `POST /api/v1/mirrors/NAME/pause|resume|retry|skip` — operator actions on a mirror.
 //! * `POST /api/v1/resolve/SEQ` — settle an in-doubt entry (`{"applied": bool, "reason": …}`).
+//! * `GET /metrics` — Prometheus text format ([`metrics`]; every metric is in the README).
 //!
 //! Admin never holds the write lock; its only writes are the audited operator actions.
 
 pub mod actions;
 pub mod api;
+pub mod metrics;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -101,6 +103,7 @@ async fn get(state: &AdminState, path: &str, query: &str) -> Response<ProxyBody>
     match path {
         "/liveness" => text_response(StatusCode::OK, "ok\n"),
         "/api/v1/status" => api::status(state).await,
+        "/metrics" => metrics::scrape(state).await,
         "/api/v1/log" => api::list(state, query).await,
         p => match (
             p.strip_prefix("/api/v1/log/"),

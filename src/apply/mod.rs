@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::metrics::{Metrics, PathKind};
 use crate::blobs::BlobStore;
 use crate::body::GuardedBody;
 use crate::capture::spool::{self, Stored};
@@ -78,6 +79,7 @@ struct Inner {
     apply_lock: Mutex<()>,
     /// The applied sequence number, for early entries waiting their turn.
     applied: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a [`Replication`] is built from.
@@ -102,6 +104,8 @@ pub struct Parts {
     pub spill_dir: PathBuf,
     /// Replay responses up to this stay in memory (and can be compared field by field).
     pub max_response_buffer: u64,
+    /// Where replay latency, halts and skips are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Replication {
@@ -122,6 +126,7 @@ impl Replication {
                 max_response_buffer: p.max_response_buffer,
                 apply_lock: Mutex::new(()),
                 applied,
+                metrics: p.metrics,
             }),
         }
     }
@@ -365,6 +370,9 @@ impl Replication {
         let rule = inner.compare.rule_for(target_path(&entry.request.target));
         let (mirror_outcome, verdict) = match result {
             Ok(collected) => {
+                inner
+                    .metrics
+                    .observe_origin(PathKind::Replay, started.elapsed());
                 let observed = crate::compare::observe(rule, collected.memory.as_deref());
                 let outcome = crate::compare::outcome(&collected, observed, elapsed_us(started));
                 let verdict = judge(rule, writer_outcome.as_ref(), &outcome, seq);
@@ -403,6 +411,7 @@ impl Replication {
             _ => Vec::new(),
         };
         if let Err(halt) = &verdict {
+            inner.metrics.halted();
             tracing::error!(seq, reason = %halt.reason, detail = %halt.detail, "mirror halted");
         }
         let log = inner.log.clone();
@@ -584,6 +593,9 @@ impl Replication {
         };
         match result {
             Ok(()) => {
+                if control.action == "skip" {
+                    self.inner.metrics.skipped();
+                }
                 tracing::warn!(action = %control.action, reason = %control.reason, by = %control.by, "operator action applied");
                 self.inner
                     .applied

@@ -28,6 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::sync::Mutex;
 
+use crate::admin::metrics::{Metrics, PathKind};
 use crate::blobs::{BlobError, BlobStore};
 use crate::body::BodyError;
 use crate::config::{CaptureConfig, CompareConfig};
@@ -152,6 +153,7 @@ struct Inner {
     write_lock: Mutex<()>,
     /// Latched by the first log or blob write failure: fail closed until restart.
     failed: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl Capture {
@@ -163,6 +165,7 @@ impl Capture {
         config: CaptureConfig,
         compare: CompareConfig,
         spill_dir: PathBuf,
+        metrics: Arc<Metrics>,
     ) -> Capture {
         Capture {
             inner: Arc::new(Inner {
@@ -174,6 +177,7 @@ impl Capture {
                 spill_dir,
                 write_lock: Mutex::new(()),
                 failed: AtomicBool::new(false),
+                metrics,
             }),
         }
     }
@@ -197,6 +201,7 @@ impl Capture {
         if self.is_fail_closed() {
             return Err(CaptureError::FailClosed);
         }
+        let received = Instant::now();
         // Step 1, before the lock: a slow upload never blocks other writers.
         let body = spool::spool(body, &inner.blobs, inner.config.inline_body_max)
             .await
@@ -208,7 +213,7 @@ impl Capture {
         let this = self.clone();
         let span = tracing::Span::current();
         let commit = tokio::spawn(tracing::Instrument::instrument(
-            async move { this.commit(req, body, record).await },
+            async move { this.commit(req, body, record, received).await },
             span,
         ));
         commit.await.map_err(CaptureError::Task)?
@@ -220,6 +225,7 @@ impl Capture {
         req: CaptureRequest,
         body: StoredBody,
         record: RequestRecord,
+        received: Instant,
     ) -> Result<Response<ProxyBody>, CaptureError> {
         let inner = &self.inner;
         // Step 2: the lock is held until the outcome is durable, so log order = origin order.
@@ -233,6 +239,11 @@ impl Capture {
         // Step 4.
         let started = Instant::now();
         let result = self.forward(&req, &body).await;
+        if result.is_ok() {
+            inner
+                .metrics
+                .observe_origin(PathKind::Capture, started.elapsed());
+        }
         let rule = inner
             .compare
             .rule_for(crate::apply::target_path(&req.target));
@@ -243,6 +254,7 @@ impl Capture {
         let (event, outcome, answer) = settle_decision(&inner.config, result, observed, started);
         let state = self.settle(seq, event, outcome).await?;
         drop(_lock);
+        inner.metrics.observe_capture(received.elapsed());
         tracing::debug!(state = state.as_str(), "captured");
         match answer {
             Ok(collected) => Ok(respond(collected, seq)),

@@ -24,6 +24,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::metrics::{Action, Metrics, PathKind};
 use crate::body::GuardedBody;
 use crate::capture::{Capture, CaptureError, CaptureRequest};
 use crate::config::{PublicConfig, Role, Rule};
@@ -64,6 +65,18 @@ pub enum ProxyError {
     /// The capture pipeline failed.
     #[error(transparent)]
     Capture(#[from] CaptureError),
+}
+
+impl ProxyError {
+    /// How the request counts in `copyist_requests_total`: refused when the client is at fault
+    /// or the node refuses the route, an error when the origin or copyist failed.
+    fn action(&self) -> Action {
+        match self {
+            ProxyError::WriteOnMirror => Action::Refused,
+            e if e.blame() == Blame::Client => Action::Refused,
+            _ => Action::Error,
+        }
+    }
 }
 
 impl HttpError for ProxyError {
@@ -116,6 +129,7 @@ struct Inner {
     rules: Vec<Rule>,
     origin: Origin,
     capture: Capture,
+    metrics: Arc<Metrics>,
     /// Prefix of request ids: node name and start time, so ids stay unique across restarts.
     id_prefix: String,
     next_id: AtomicU64,
@@ -136,6 +150,7 @@ impl Proxy {
         rules: Vec<Rule>,
         origin: Origin,
         capture: Capture,
+        metrics: Arc<Metrics>,
         node: &str,
     ) -> Proxy {
         let started = std::time::SystemTime::now()
@@ -149,6 +164,7 @@ impl Proxy {
                 rules,
                 origin,
                 capture,
+                metrics,
                 id_prefix: format!("{node}-{started:x}"),
                 next_id: AtomicU64::new(1),
             }),
@@ -270,7 +286,10 @@ impl Proxy {
     async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<ProxyBody> {
         match self.handle_inner(req, conn).await {
             Ok(resp) => resp,
-            Err(err) => error_response(&err),
+            Err(err) => {
+                self.inner.metrics.request(err.action());
+                error_response(&err)
+            }
         }
     }
 
@@ -302,7 +321,10 @@ impl Proxy {
             .to_string();
         let route = classify(&parts.method, parts.uri.path(), &self.inner.rules);
         match route {
-            Route::Reserved => return Ok(reserved(parts.uri.path())),
+            Route::Reserved => {
+                self.inner.metrics.request(Action::Reserved);
+                return Ok(reserved(parts.uri.path()));
+            }
             Route::Refused => return Err(ProxyError::MethodRefused(parts.method)),
             // A mirror's CMS changes only through replay, or it would drift from the writer's.
             Route::Capture if self.inner.role == Role::Mirror => {
@@ -322,14 +344,21 @@ impl Proxy {
                 client_addr: client,
                 request_id,
             };
-            return Ok(self.inner.capture.capture(req, body).await?);
+            let resp = self.inner.capture.capture(req, body).await?;
+            self.inner.metrics.request(Action::Capture);
+            return Ok(resp);
         }
         let head = passthrough::Head {
             method: parts.method,
             target,
             headers,
         };
-        Ok(passthrough::forward(&self.inner.origin, head, body).await?)
+        let started = std::time::Instant::now();
+        let resp = passthrough::forward(&self.inner.origin, head, body).await?;
+        let metrics = &self.inner.metrics;
+        metrics.observe_origin(PathKind::Pass, started.elapsed());
+        metrics.request(Action::Pass);
+        Ok(resp)
     }
 
     /// The headers the origin gets: the client's, minus hop-by-hop and `X-Copyist-*`, with

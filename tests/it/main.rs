@@ -13,6 +13,7 @@ mod cms;
 mod crash;
 mod durability;
 mod hygiene;
+mod metrics;
 mod passthrough;
 mod replication_auth;
 mod tls;

@@ -44,6 +44,8 @@ pub struct AdminState {
     pub shippers: Vec<Shipper>,
     /// The replication service, when configured (its state: applied seq, halt).
     pub replication: Option<Replication>,
+    /// Cached health, for the health endpoints and draining.
+    pub health: super::Health,
 }
 
 /// `GET /api/v1/status`.

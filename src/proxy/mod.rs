@@ -24,6 +24,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::Health;
 use crate::body::GuardedBody;
 use crate::capture::{Capture, CaptureError, CaptureRequest};
 use crate::config::{PublicConfig, Role, Rule};
@@ -116,6 +117,8 @@ struct Inner {
     rules: Vec<Rule>,
     origin: Origin,
     capture: Capture,
+    /// Answers the health endpoints under the reserved prefix.
+    health: Health,
     /// Prefix of request ids: node name and start time, so ids stay unique across restarts.
     id_prefix: String,
     next_id: AtomicU64,
@@ -136,6 +139,7 @@ impl Proxy {
         rules: Vec<Rule>,
         origin: Origin,
         capture: Capture,
+        health: Health,
         node: &str,
     ) -> Proxy {
         let started = std::time::SystemTime::now()
@@ -149,6 +153,7 @@ impl Proxy {
                 rules,
                 origin,
                 capture,
+                health,
                 id_prefix: format!("{node}-{started:x}"),
                 next_id: AtomicU64::new(1),
             }),
@@ -302,7 +307,7 @@ impl Proxy {
             .to_string();
         let route = classify(&parts.method, parts.uri.path(), &self.inner.rules);
         match route {
-            Route::Reserved => return Ok(reserved(parts.uri.path())),
+            Route::Reserved => return Ok(reserved(&self.inner.health, &parts)),
             Route::Refused => return Err(ProxyError::MethodRefused(parts.method)),
             // A mirror's CMS changes only through replay, or it would drift from the writer's.
             Route::Capture if self.inner.role == Role::Mirror => {
@@ -470,12 +475,13 @@ fn join_cookies(h: &mut HeaderMap) {
     }
 }
 
-/// copyist's own answers under the reserved prefix. Issue 4 adds health and metrics here.
-fn reserved(path: &str) -> Response<ProxyBody> {
-    let mut resp = match path.strip_prefix(RESERVED_PREFIX) {
-        Some("liveness") => text_response(StatusCode::OK, "ok\n"),
-        _ => text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n"),
-    };
+/// copyist's own answers under the reserved prefix: the admin listener's health endpoints,
+/// for load balancers that can only probe the traffic port.
+fn reserved(health: &Health, parts: &Parts) -> Response<ProxyBody> {
+    let answer = (parts.uri.path().strip_prefix(RESERVED_PREFIX))
+        .and_then(|name| health.respond(&parts.method, name, parts.uri.query()));
+    let mut resp = answer
+        .unwrap_or_else(|| text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n"));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

@@ -287,6 +287,22 @@ fn every_health_key_is_read() {
     assert_eq!(h.drain_status, http::StatusCode::NOT_FOUND);
 }
 
+/// The probe bypasses capture: a path a rule captures would change the CMS without an entry.
+#[test]
+fn a_probe_path_that_a_rule_captures_is_refused() {
+    let rules = "[[capture.rule]]\nmethod = \"GET\"\npath = \"/visit*\"\naction = \"capture\"\n";
+    let text = format!("{MINIMAL}\n[health]\nprobe_path = \"/visit?x=1\"\n\n[capture]\n{rules}");
+    let error = parse(&text).unwrap_err();
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].key, "health.probe_path");
+    assert_eq!(
+        error.problems[0].message,
+        "GET /visit is captured by [[capture.rule]] \"/visit*\": probing it would change the CMS without a log entry"
+    );
+    let text = format!("{MINIMAL}\n[health]\nprobe_path = \"/healthz\"\n\n[capture]\n{rules}");
+    assert_eq!(parse(&text).unwrap().health.probe_path, "/healthz");
+}
+
 #[test]
 fn every_replication_key_is_read() {
     let config = Config::load(&fixtures("valid-full").remove(0)).unwrap();

@@ -37,8 +37,9 @@ pub(super) fn config(file: FileConfig, path: &Path, p: &mut Problems) -> Option<
         let listen = optional(f.listen, d::ADMIN_LISTEN, p, admin_addr);
         Some(AdminConfig { listen: listen? })
     });
-    let health = optional_section(file.health, p, |f, p| health(f, dir, p));
     let capture = optional_section(file.capture, p, capture);
+    let rules = capture.as_ref().map_or(&[][..], |c| &c.rules[..]);
+    let health = optional_section(file.health, p, |f, p| health(f, dir, rules, p));
     let log = optional_section(file.log, p, |f, p| {
         let cache_capacity = optional(f.cache_capacity, d::LOG_CACHE_CAPACITY, p, size);
         Some(LogConfig {
@@ -164,8 +165,10 @@ fn origin(f: FileOrigin, p: &mut Problems) -> Option<OriginConfig> {
     })
 }
 
-fn health(f: FileHealth, dir: &Path, p: &mut Problems) -> Option<HealthConfig> {
-    let probe_path = optional(f.probe_path, d::HEALTH_PROBE_PATH.to_owned(), p, probe_path);
+fn health(f: FileHealth, dir: &Path, rules: &[Rule], p: &mut Problems) -> Option<HealthConfig> {
+    let probe_path = optional(f.probe_path, d::HEALTH_PROBE_PATH.to_owned(), p, |s| {
+        probe_path(s, rules)
+    });
     let probe_interval = optional(f.probe_interval, d::HEALTH_PROBE_INTERVAL, p, duration);
     let probe_timeout = optional(f.probe_timeout, d::HEALTH_PROBE_TIMEOUT, p, duration);
     let maintenance_file = optional(f.maintenance_file, None, p, |s| path_in(dir, s).map(Some));
@@ -482,15 +485,26 @@ fn origin_url(text: String) -> Checked<http::Uri> {
         .map_err(|_| bad(expected))
 }
 
-/// `health.probe_path`: a request target in origin form, sent as is to the CMS.
-fn probe_path(text: String) -> Checked<String> {
-    let valid = text.starts_with('/') && text.parse::<http::uri::PathAndQuery>().is_ok();
-    if valid {
-        Ok(text)
-    } else {
-        Err(format!(
+/// `health.probe_path`: a request target in origin form, sent as is to the CMS. The probe
+/// bypasses capture, so a GET that `rules` capture (it changes the CMS) would change the
+/// writer's CMS behind the log's back: refused.
+fn probe_path(text: String, rules: &[Rule]) -> Checked<String> {
+    let target = (text.parse::<http::uri::PathAndQuery>().ok()).filter(|_| text.starts_with('/'));
+    let Some(target) = target else {
+        return Err(format!(
             "invalid probe path \"{text}\" (expected a path such as \"/\" or \"/healthz\")"
-        ))
+        ));
+    };
+    let rule = rules
+        .iter()
+        .find(|r| r.matches(&http::Method::GET, target.path()));
+    match rule {
+        Some(r) if r.action == RuleAction::Capture => Err(format!(
+            "GET {} is captured by [[capture.rule]] \"{}\": probing it would change the CMS without a log entry",
+            target.path(),
+            r.path.as_str()
+        )),
+        _ => Ok(text),
     }
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod cms;
 mod durability;
+mod health;
 mod hygiene;
 mod passthrough;
 mod tls;

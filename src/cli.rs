@@ -1,4 +1,5 @@
-//! The command line: `run`, `check-config`, `status`, `log list|show`, `blob get`.
+//! The command line: `run`, `check-config`, `status`, `log list|show`, `blob get`, `mirror …`,
+//! `resolve`, `drain`, `undrain`, `certs …`.
 //!
 //! Commands that talk to a running node take the same `-c FILE` as `run`, read the admin address
 //! from it (or, for port 0, from `data_dir/admin.addr`) and use the admin API over HTTP. They
@@ -84,9 +85,23 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Take the node out of rotation: readiness, /writer, /mirror and /read-only fail (traffic
+    /// keeps flowing) until `undrain` or a restart.
+    Drain(DrainArgs),
+    /// Put a drained node back into rotation (a maintenance file still drains it).
+    Undrain(DrainArgs),
     /// Create the cluster CA and node certificates for the replication channel.
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+#[derive(Debug, Args)]
+struct DrainArgs {
+    /// Why (logged with who ran the command).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +220,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             let body = serde_json::json!({ "reason": reason, "by": who(), "applied": applied });
             post(&config.config, &format!("/api/v1/resolve/{seq}"), body).await
         }
+        Command::Drain(a) => drain(&a, "drain").await,
+        Command::Undrain(a) => drain(&a, "undrain").await,
         Command::Certs(CertsCommand::Init { dir }) => crate::tls::init_ca(&dir)
             .map(|(cert, key)| println!("created {} and {}", cert.display(), key.display()))
             .map_err(|e| error_chain(&e)),
@@ -314,6 +331,12 @@ async fn mirror(command: MirrorCommand) -> CliResult {
         body,
     )
     .await
+}
+
+/// `copyist drain` / `undrain`: `action` is the admin API's name for it.
+async fn drain(args: &DrainArgs, action: &str) -> CliResult {
+    let body = serde_json::json!({ "reason": args.reason, "by": who() });
+    post(&args.config.config, &format!("/api/v1/{action}"), body).await
 }
 
 /// Who runs the command, for audit records: `$USER@hostname`.

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::metrics::Metrics;
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Health, Prober};
 use crate::apply::{self, Replication};
 use crate::blobs::{BlobError, BlobStore};
 use crate::capture::Capture;
@@ -85,6 +85,8 @@ pub struct Node {
     replication: Option<(TcpListener, TlsAcceptor, Replication)>,
     /// One shipper per configured mirror (writer only).
     shippers: Vec<Shipper>,
+    /// Cached health, and the background probe that keeps it fresh.
+    health: (Health, Prober),
 }
 
 impl Node {
@@ -138,9 +140,15 @@ impl Node {
         // 5. Replication: the mTLS listener, and on a writer one shipper per mirror.
         let mut shippers = Vec::new();
         let mut replication = None;
+        let mut writer_peer = None;
         if let Some(rc) = &config.replication {
             let server = tls::replication_server(rc)?;
             let client = tls::replication_client(rc)?;
+            // A mirror's health probe asks its writer how far ahead it is (the mirror's lag).
+            if let (Role::Mirror, Some(w)) = (config.node.role, &config.writer) {
+                let timeout = config.health.probe_timeout;
+                writer_peer = Some(Peer::new(&w.name, &w.url, client.clone(), timeout));
+            }
             if config.node.role == Role::Writer {
                 for m in &config.mirrors {
                     let peer = Peer::new(&m.name, &m.url, client.clone(), rc.request_timeout);
@@ -173,15 +181,25 @@ impl Node {
             let listener = bind("replication", rc.listen).await?;
             replication = Some((listener, TlsAcceptor::from(server), service));
         }
-        let proxy = Proxy::new(
-            config.public.clone(),
-            config.node.role,
-            config.capture.rules.clone(),
-            origin,
-            capture.clone(),
-            metrics.clone(),
+        // 6. Health: the state the endpoints read and the probe that refreshes it.
+        let health = Health::new(
             &config.node.name,
+            config.node.role,
+            log.clone(),
+            capture.clone(),
+            &config.health,
         );
+        let prober = Prober::new(origin.clone(), writer_peer, &config.health);
+        let proxy = Proxy::new(crate::proxy::Parts {
+            config: config.public.clone(),
+            role: config.node.role,
+            rules: config.capture.rules.clone(),
+            origin,
+            capture: capture.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            node: config.node.name.clone(),
+        });
         let admin = AdminState {
             node: config.node.name.clone(),
             role: config.node.role,
@@ -193,6 +211,7 @@ impl Node {
             shippers: shippers.clone(),
             replication: replication.as_ref().map(|(_, _, r)| r.clone()),
             metrics,
+            health: health.clone(),
         };
         Ok(Node {
             config,
@@ -204,6 +223,7 @@ impl Node {
             in_doubt,
             replication,
             shippers,
+            health: (health, prober),
         })
     }
 
@@ -265,6 +285,8 @@ impl Node {
         for shipper in self.shippers {
             tasks.push(tokio::spawn(shipper.run(shutdown.clone())));
         }
+        let (health, prober) = self.health;
+        tasks.push(tokio::spawn(health.probe(prober, shutdown.clone())));
         for task in tasks {
             task.await?;
         }

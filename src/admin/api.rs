@@ -46,6 +46,8 @@ pub struct AdminState {
     pub replication: Option<Replication>,
     /// Event counters and histograms for `GET /metrics`.
     pub metrics: std::sync::Arc<super::metrics::Metrics>,
+    /// Cached health, for the health endpoints and draining.
+    pub health: super::Health,
 }
 
 /// `GET /api/v1/status`.

@@ -1,7 +1,8 @@
 //! The admin listener (loopback by default): what operators and the CLI use.
 //!
 //! Endpoints:
-//! * `GET /liveness` — the process is alive; touches nothing else.
+//! * `GET|HEAD|OPTIONS /liveness`, `/health`, `/readiness?lag=L`, `/writer`, `/mirror?lag=L`,
+//!   `/read-only?lag=L` — health checks for load balancers, from cached state ([`health`]).
 //! * `GET /api/v1/status` — node name, role, last sequence number, fail-closed latch.
 //! * `GET /api/v1/log?before=N&limit=M` — entries, newest first (summaries).
 //! * `GET /api/v1/log/N` — one entry in full, secrets masked.
@@ -9,11 +10,14 @@
 //! * `POST /api/v1/mirrors/NAME/pause|resume|retry|skip` — operator actions on a mirror.
 //! * `POST /api/v1/resolve/SEQ` — settle an in-doubt entry (`{"applied": bool, "reason": …}`).
 //! * `GET /metrics` — Prometheus text format ([`metrics`]; every metric is in the README).
+//! * `POST /api/v1/drain`, `/api/v1/undrain` — take the node out of rotation or back
+//!   (`{"reason": …}`).
 //!
 //! Admin never holds the write lock; its only writes are the audited operator actions.
 
 pub mod actions;
 pub mod api;
+pub mod health;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -31,6 +35,7 @@ use tokio::net::TcpListener;
 use crate::error::{text_response, ProxyBody};
 use crate::shutdown::Shutdown;
 pub use api::AdminState;
+pub use health::{Health, Prober};
 
 /// Slow admin clients are dropped after this long without complete headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +85,10 @@ const MAX_ACTION_BODY: usize = 64 << 10;
 async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let name = path.strip_prefix('/').unwrap_or(&path);
+    if let Some(resp) = state.health.respond(req.method(), name, req.uri().query()) {
+        return resp;
+    }
     let mut resp = if req.method() == Method::POST {
         let body = match http_body_util::Limited::new(req.into_body(), MAX_ACTION_BODY)
             .collect()
@@ -101,7 +110,6 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody
 
 async fn get(state: &AdminState, path: &str, query: &str) -> Response<ProxyBody> {
     match path {
-        "/liveness" => text_response(StatusCode::OK, "ok\n"),
         "/api/v1/status" => api::status(state).await,
         "/metrics" => metrics::scrape(state).await,
         "/api/v1/log" => api::list(state, query).await,
@@ -124,6 +132,11 @@ async fn post(state: &AdminState, path: &str, body: bytes::Bytes) -> Response<Pr
     }
     if let Some(seq) = path.strip_prefix("/api/v1/resolve/") {
         return actions::resolve(state, seq, body).await;
+    }
+    match path {
+        "/api/v1/drain" => return health::drain(state, true, &body),
+        "/api/v1/undrain" => return health::drain(state, false, &body),
+        _ => {}
     }
     text_response(StatusCode::NOT_FOUND, "no such admin action\n")
 }

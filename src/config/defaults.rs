@@ -68,6 +68,24 @@ pub const ADMIN_PORT: u16 = 9901;
 pub const ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, ADMIN_PORT));
 
+// === [health] ===
+
+/// `health.probe_path`: the site's front page. If the CMS can render what a visitor gets
+/// first, it is up; a dedicated cheap page (`/healthz`) can be named instead.
+pub const HEALTH_PROBE_PATH: &str = "/";
+
+/// `health.probe_interval`: load balancers typically probe every 2–5 s; refreshing the cached
+/// answer as often means a probe never reports something older than one interval.
+pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `health.probe_timeout`: a CMS that needs more than a second for its front page is too slow
+/// to send visitors to, and the probe must finish well within its interval.
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `health.drain_status`: 503 is what every load balancer understands as "out of rotation";
+/// HAProxy's `http-check disable-on-404` wants 404 to tell draining from down.
+pub const HEALTH_DRAIN_STATUS: http::StatusCode = http::StatusCode::SERVICE_UNAVAILABLE;
+
 // === [capture] ===
 
 /// `capture.success_status`: a CMS answers an accepted form with 200 or a redirect (302/303);

@@ -57,6 +57,7 @@ pub(super) struct FileConfig {
     pub(super) public: Found<FilePublic>,
     pub(super) origin: Found<FileOrigin>,
     pub(super) admin: Found<FileAdmin>,
+    pub(super) health: Found<FileHealth>,
     pub(super) capture: Found<FileCapture>,
     pub(super) log: Found<FileLog>,
     pub(super) replication: Found<FileReplication>,
@@ -101,6 +102,16 @@ pub(super) struct FileOrigin {
 #[derive(Debug)]
 pub(super) struct FileAdmin {
     pub(super) listen: Key<String>,
+}
+
+/// `[health]`.
+#[derive(Debug)]
+pub(super) struct FileHealth {
+    pub(super) probe_path: Key<String>,
+    pub(super) probe_interval: Key<String>,
+    pub(super) probe_timeout: Key<String>,
+    pub(super) maintenance_file: Key<String>,
+    pub(super) drain_status: Key<i64>,
 }
 
 /// `[capture]`, with its `[[capture.rule]]` and `[capture.multipart]` tables.
@@ -205,6 +216,7 @@ impl FileConfig {
             public: root.section("public", FilePublic::read),
             origin: root.section("origin", FileOrigin::read),
             admin: root.section("admin", FileAdmin::read),
+            health: root.section("health", FileHealth::read),
             capture: root.section("capture", FileCapture::read),
             log: root.section("log", FileLog::read),
             replication: root.section("replication", FileReplication::read),
@@ -267,6 +279,18 @@ impl FileAdmin {
     fn read(r: &mut Reader<'_, '_>) -> FileAdmin {
         FileAdmin {
             listen: r.value("listen", ADDRESS, string),
+        }
+    }
+}
+
+impl FileHealth {
+    fn read(r: &mut Reader<'_, '_>) -> FileHealth {
+        FileHealth {
+            probe_path: r.value("probe_path", "a path string such as \"/\"", string),
+            probe_interval: r.value("probe_interval", DURATION, string),
+            probe_timeout: r.value("probe_timeout", DURATION, string),
+            maintenance_file: r.value("maintenance_file", PATH, string),
+            drain_status: r.value("drain_status", "an integer status, 503 or 404", integer),
         }
     }
 }

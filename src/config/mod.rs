@@ -42,6 +42,8 @@ pub struct Config {
     pub origin: OriginConfig,
     /// `[admin]`: health, metrics and the JSON API used by the CLI.
     pub admin: AdminConfig,
+    /// `[health]`: the background probe behind the health endpoints, and draining.
+    pub health: HealthConfig,
     /// `[capture]`: which requests are captured, and the limits while capturing.
     pub capture: CaptureConfig,
     /// `[log]`: the durable log.
@@ -134,6 +136,24 @@ pub struct OriginConfig {
 pub struct AdminConfig {
     /// Address of the admin listener. A bare IP in the file means port [`defaults::ADMIN_PORT`].
     pub listen: SocketAddr,
+}
+
+/// `[health]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Origin-form target (`/path?query`, starts with `/`) the probe GETs on the local CMS;
+    /// any answer below 500 counts as up.
+    pub probe_path: String,
+    /// Time between two background probes (origin, maintenance file and, on a mirror, the
+    /// writer's position).
+    pub probe_interval: Duration,
+    /// Longest wait for the origin's (or the writer's) answer to one probe.
+    pub probe_timeout: Duration,
+    /// A file whose existence drains the node. Relative paths in the file are resolved
+    /// against the config file's directory.
+    pub maintenance_file: Option<PathBuf>,
+    /// What a draining node answers where it would otherwise answer 200: 503 or 404.
+    pub drain_status: http::StatusCode,
 }
 
 /// `[capture]`.
@@ -340,6 +360,18 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: defaults::ADMIN_LISTEN,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            probe_path: defaults::HEALTH_PROBE_PATH.to_owned(),
+            probe_interval: defaults::HEALTH_PROBE_INTERVAL,
+            probe_timeout: defaults::HEALTH_PROBE_TIMEOUT,
+            maintenance_file: None,
+            drain_status: defaults::HEALTH_DRAIN_STATUS,
         }
     }
 }

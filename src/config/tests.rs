@@ -120,6 +120,7 @@ fn example_file_states_the_real_defaults() {
     assert_eq!(example.public, defaults.public);
     assert_eq!(example.origin, defaults.origin);
     assert_eq!(example.admin, defaults.admin);
+    assert_eq!(example.health, defaults.health);
     assert_eq!(example.log, defaults.log);
     let example_capture = CaptureConfig {
         rules: Vec::new(),
@@ -210,6 +211,13 @@ url = "https://cms"
 fn missing_optional_sections_get_the_defaults() {
     let config = parse(MINIMAL).unwrap();
     assert_eq!(config.admin, AdminConfig::default());
+    assert_eq!(config.health, HealthConfig::default());
+    let h = &config.health;
+    assert_eq!(h.probe_path, "/");
+    assert_eq!(h.probe_interval, Duration::from_secs(2));
+    assert_eq!(h.probe_timeout, Duration::from_secs(1));
+    assert_eq!(h.maintenance_file, None);
+    assert_eq!(h.drain_status, http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(config.capture, CaptureConfig::default());
     assert_eq!(config.log, LogConfig::default());
     assert_eq!(config.public, PublicConfig::new(addr("127.0.0.1:8080")));
@@ -264,6 +272,35 @@ fn replication_keys_get_their_defaults() {
     let writer = config.writer.unwrap();
     assert_eq!(writer.name, "writer-1");
     assert_eq!(writer.url, "https://127.0.0.1:9443/");
+}
+
+#[test]
+fn every_health_key_is_read() {
+    let path = fixtures("valid-full").remove(0);
+    let config = Config::load(&path).unwrap();
+    let h = config.health;
+    assert_eq!(h.probe_path, "/healthz?deep=1");
+    assert_eq!(h.probe_interval, Duration::from_secs(5));
+    assert_eq!(h.probe_timeout, Duration::from_millis(250));
+    let dir = path.parent().unwrap();
+    assert_eq!(h.maintenance_file, Some(dir.join("maintenance")));
+    assert_eq!(h.drain_status, http::StatusCode::NOT_FOUND);
+}
+
+/// The probe bypasses capture: a path a rule captures would change the CMS without an entry.
+#[test]
+fn a_probe_path_that_a_rule_captures_is_refused() {
+    let rules = "[[capture.rule]]\nmethod = \"GET\"\npath = \"/visit*\"\naction = \"capture\"\n";
+    let text = format!("{MINIMAL}\n[health]\nprobe_path = \"/visit?x=1\"\n\n[capture]\n{rules}");
+    let error = parse(&text).unwrap_err();
+    assert_eq!(error.problems.len(), 1, "{error}");
+    assert_eq!(error.problems[0].key, "health.probe_path");
+    assert_eq!(
+        error.problems[0].message,
+        "GET /visit is captured by [[capture.rule]] \"/visit*\": probing it would change the CMS without a log entry"
+    );
+    let text = format!("{MINIMAL}\n[health]\nprobe_path = \"/healthz\"\n\n[capture]\n{rules}");
+    assert_eq!(parse(&text).unwrap().health.probe_path, "/healthz");
 }
 
 #[test]

@@ -12,12 +12,13 @@ use toml::Spanned;
 use super::defaults as d;
 use super::error::Problems;
 use super::file::{
-    FileCapture, FileConfig, FileNode, FileOrigin, FilePublic, FileRule, Found, Key, Scalar,
+    FileCapture, FileConfig, FileHealth, FileNode, FileOrigin, FilePublic, FileRule, Found, Key,
+    Scalar,
 };
 use super::units::{parse_duration, parse_size, parse_status_range};
 use super::{
-    AdminConfig, CaptureConfig, Config, LogConfig, MultipartLimits, NodeConfig, OriginConfig,
-    PathPattern, PublicConfig, Role, Rule, RuleAction, StatusRange, TlsFiles,
+    AdminConfig, CaptureConfig, Config, HealthConfig, LogConfig, MultipartLimits, NodeConfig,
+    OriginConfig, PathPattern, PublicConfig, Role, Rule, RuleAction, StatusRange, TlsFiles,
 };
 
 mod compare;
@@ -37,6 +38,8 @@ pub(super) fn config(file: FileConfig, path: &Path, p: &mut Problems) -> Option<
         Some(AdminConfig { listen: listen? })
     });
     let capture = optional_section(file.capture, p, capture);
+    let rules = capture.as_ref().map_or(&[][..], |c| &c.rules[..]);
+    let health = optional_section(file.health, p, |f, p| health(f, dir, rules, p));
     let log = optional_section(file.log, p, |f, p| {
         let cache_capacity = optional(f.cache_capacity, d::LOG_CACHE_CAPACITY, p, size);
         Some(LogConfig {
@@ -65,6 +68,7 @@ pub(super) fn config(file: FileConfig, path: &Path, p: &mut Problems) -> Option<
         public: public?,
         origin: origin?,
         admin: admin?,
+        health: health?,
         capture: capture?,
         log: log?,
         replication: cluster.replication,
@@ -158,6 +162,23 @@ fn origin(f: FileOrigin, p: &mut Problems) -> Option<OriginConfig> {
         response_timeout: response_timeout?,
         idle_timeout: idle_timeout?,
         max_idle_per_host: max_idle_per_host?,
+    })
+}
+
+fn health(f: FileHealth, dir: &Path, rules: &[Rule], p: &mut Problems) -> Option<HealthConfig> {
+    let probe_path = optional(f.probe_path, d::HEALTH_PROBE_PATH.to_owned(), p, |s| {
+        probe_path(s, rules)
+    });
+    let probe_interval = optional(f.probe_interval, d::HEALTH_PROBE_INTERVAL, p, duration);
+    let probe_timeout = optional(f.probe_timeout, d::HEALTH_PROBE_TIMEOUT, p, duration);
+    let maintenance_file = optional(f.maintenance_file, None, p, |s| path_in(dir, s).map(Some));
+    let drain_status = optional(f.drain_status, d::HEALTH_DRAIN_STATUS, p, drain_status);
+    Some(HealthConfig {
+        probe_path: probe_path?,
+        probe_interval: probe_interval?,
+        probe_timeout: probe_timeout?,
+        maintenance_file: maintenance_file?,
+        drain_status: drain_status?,
     })
 }
 
@@ -462,6 +483,40 @@ fn origin_url(text: String) -> Checked<http::Uri> {
     format!("http://{}:{port}/", authority.host())
         .parse()
         .map_err(|_| bad(expected))
+}
+
+/// `health.probe_path`: a request target in origin form, sent as is to the CMS. The probe
+/// bypasses capture, so a GET that `rules` capture (it changes the CMS) would change the
+/// writer's CMS behind the log's back: refused.
+fn probe_path(text: String, rules: &[Rule]) -> Checked<String> {
+    let target = (text.parse::<http::uri::PathAndQuery>().ok()).filter(|_| text.starts_with('/'));
+    let Some(target) = target else {
+        return Err(format!(
+            "invalid probe path \"{text}\" (expected a path such as \"/\" or \"/healthz\")"
+        ));
+    };
+    let rule = rules
+        .iter()
+        .find(|r| r.matches(&http::Method::GET, target.path()));
+    match rule {
+        Some(r) if r.action == RuleAction::Capture => Err(format!(
+            "GET {} is captured by [[capture.rule]] \"{}\": probing it would change the CMS without a log entry",
+            target.path(),
+            r.path.as_str()
+        )),
+        _ => Ok(text),
+    }
+}
+
+/// `health.drain_status`: the two answers load balancers read as "out of rotation".
+fn drain_status(n: i64) -> Checked<http::StatusCode> {
+    match n {
+        503 => Ok(http::StatusCode::SERVICE_UNAVAILABLE),
+        404 => Ok(http::StatusCode::NOT_FOUND),
+        _ => Err(format!(
+            "must be 503 or 404 (for HAProxy's disable-on-404), got {n}"
+        )),
+    }
 }
 
 fn method(text: String) -> Checked<Option<http::Method>> {

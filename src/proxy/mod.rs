@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::request::Parts;
+use http::request::Parts as RequestParts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::metrics::{Action, Metrics, PathKind};
+use crate::admin::Health;
 use crate::body::GuardedBody;
 use crate::capture::{Capture, CaptureError, CaptureRequest};
 use crate::config::{PublicConfig, Role, Rule};
@@ -130,6 +131,8 @@ struct Inner {
     origin: Origin,
     capture: Capture,
     metrics: Arc<Metrics>,
+    /// Answers the health endpoints under the reserved prefix.
+    health: Health,
     /// Prefix of request ids: node name and start time, so ids stay unique across restarts.
     id_prefix: String,
     next_id: AtomicU64,
@@ -142,30 +145,43 @@ struct Conn {
     tls: bool,
 }
 
+/// What a [`Proxy`] is built from.
+pub struct Parts {
+    /// `[public]`.
+    pub config: PublicConfig,
+    /// This node's role (a mirror refuses client writes).
+    pub role: Role,
+    /// `[[capture.rule]]`s.
+    pub rules: Vec<Rule>,
+    /// The local CMS.
+    pub origin: Origin,
+    /// The capture pipeline.
+    pub capture: Capture,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The health endpoints under the reserved prefix.
+    pub health: Health,
+    /// This node's name (prefix of request ids).
+    pub node: String,
+}
+
 impl Proxy {
     /// The proxy for one node.
-    pub fn new(
-        config: PublicConfig,
-        role: Role,
-        rules: Vec<Rule>,
-        origin: Origin,
-        capture: Capture,
-        metrics: Arc<Metrics>,
-        node: &str,
-    ) -> Proxy {
+    pub fn new(p: Parts) -> Proxy {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
         Proxy {
             inner: Arc::new(Inner {
-                config,
-                role,
-                rules,
-                origin,
-                capture,
-                metrics,
-                id_prefix: format!("{node}-{started:x}"),
+                config: p.config,
+                role: p.role,
+                rules: p.rules,
+                origin: p.origin,
+                capture: p.capture,
+                metrics: p.metrics,
+                health: p.health,
+                id_prefix: format!("{}-{started:x}", p.node),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -323,7 +339,7 @@ impl Proxy {
         match route {
             Route::Reserved => {
                 self.inner.metrics.request(Action::Reserved);
-                return Ok(reserved(parts.uri.path()));
+                return Ok(reserved(&self.inner.health, &parts));
             }
             Route::Refused => return Err(ProxyError::MethodRefused(parts.method)),
             // A mirror's CMS changes only through replay, or it would drift from the writer's.
@@ -366,7 +382,7 @@ impl Proxy {
     /// The request's header map is edited in place (taken out of `parts`): no copy per request.
     fn origin_headers(
         &self,
-        parts: &mut Parts,
+        parts: &mut RequestParts,
         host: Option<HeaderValue>,
         conn: Conn,
         request_id: &str,
@@ -441,7 +457,7 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
 
 /// The host to pass on. One `Host` at most; an absolute-form target or HTTP/2 `:authority` must
 /// agree with it; HTTP/1.1 requires one (RFC 9112 3.2). The CMS never sees a second opinion.
-fn request_host(parts: &Parts) -> Result<Option<HeaderValue>, ProxyError> {
+fn request_host(parts: &RequestParts) -> Result<Option<HeaderValue>, ProxyError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next().cloned();
     if hosts.next().is_some() {
@@ -500,12 +516,13 @@ fn join_cookies(h: &mut HeaderMap) {
     }
 }
 
-/// copyist's own answers under the reserved prefix. Issue 4 adds health and metrics here.
-fn reserved(path: &str) -> Response<ProxyBody> {
-    let mut resp = match path.strip_prefix(RESERVED_PREFIX) {
-        Some("liveness") => text_response(StatusCode::OK, "ok\n"),
-        _ => text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n"),
-    };
+/// copyist's own answers under the reserved prefix: the admin listener's health endpoints,
+/// for load balancers that can only probe the traffic port.
+fn reserved(health: &Health, parts: &RequestParts) -> Response<ProxyBody> {
+    let answer = (parts.uri.path().strip_prefix(RESERVED_PREFIX))
+        .and_then(|name| health.respond(&parts.method, name, parts.uri.query()));
+    let mut resp = answer
+        .unwrap_or_else(|| text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n"));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

@@ -12,6 +12,7 @@ mod cluster;
 mod cms;
 mod crash;
 mod durability;
+mod health;
 mod hygiene;
 mod metrics;
 mod passthrough;

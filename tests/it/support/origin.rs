@@ -3,7 +3,8 @@
 //! Routes (by path): `/status/NNN` answers NNN; `/stall` records the request and never answers;
 //! `/big/N` answers N bytes; anything else answers 200 (GET/HEAD/OPTIONS) or 201 with `Location` (other
 //! methods). Every complete request is kept; requests whose body broke off are counted apart, so a
-//! test can prove nothing reached the origin half-read.
+//! test can prove nothing reached the origin half-read. copyist's own health probes are answered
+//! (`/status/NNN` too) and only counted, so they never show up among the requests under test.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ struct State {
     started: AtomicUsize,
     broken: AtomicUsize,
     created: AtomicUsize,
+    probes: AtomicUsize,
 }
 
 /// A running stub origin.
@@ -93,12 +95,26 @@ impl StubOrigin {
         self.state.broken.load(Ordering::SeqCst)
     }
 
+    /// copyist health probes answered (not in `seen` or `started`).
+    pub fn probes(&self) -> usize {
+        self.state.probes.load(Ordering::SeqCst)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
 
 async fn handle(s: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let probe = req.headers().get("user-agent");
+    if probe.is_some_and(|ua| ua == "copyist-health-probe") {
+        s.probes.fetch_add(1, Ordering::SeqCst);
+        let status = (req.uri().path().strip_prefix("/status/"))
+            .map_or(200, |code| code.parse().unwrap_or(500));
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        return r;
+    }
     s.started.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {

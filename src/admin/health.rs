@@ -1,0 +1,788 @@
+//! Health checks for load balancers, in Patroni's conventions, answered from cached state: an
+//! endpoint never does I/O, so it answers in microseconds however slow the CMS or the writer is.
+//! [`Health::probe`] (spawned by `node`) refreshes what the endpoints read.
+//!
+//! | endpoint | 200 when |
+//! |---|---|
+//! | `/liveness` | always: the process answers (nothing else is looked at) |
+//! | `/health` | the log is writable (not fail-closed) and the CMS answered the last probe |
+//! | `/readiness?lag=L` | healthy, not halted, not draining; on a mirror also within `L` |
+//! | `/writer` | this node is the writer, healthy and not draining |
+//! | `/mirror?lag=L` | this node is a mirror, healthy, not halted, not draining, within `L` |
+//! | `/read-only?lag=L` | as `/writer` on the writer, as `/mirror?lag=L` on a mirror |
+//!
+//! Served on the admin listener and under `/.copyist/` on the public one. Every answer is 200 or
+//! 503, except that a node whose only problem is draining answers `[health] drain_status` (404
+//! for HAProxy's `disable-on-404`); the body is always a [`HealthView`]. `HEAD` and `OPTIONS` get
+//! the same status without a body. `L` is an entry count (`100`) or a duration (`10s`); without
+//! it there is no lag limit; a malformed one fails the check (503, with the reason).
+//!
+//! Lag on a mirror: entries are the writer's last sequence number, asked at each probe over the
+//! replication channel, minus the mirror's applied one. Seconds are the time since a probe last
+//! saw the mirror caught up (the writer's entry times are not asked for), so they are accurate
+//! to a probe interval, and unknown until the mirror has been caught up once since it started.
+//! While the writer is unreachable lag is unknown: every check with a `lag` limit fails.
+//!
+//! The probe is the only I/O here, and it only reads: a GET to the local CMS, `GET state` to the
+//! writer, and whether the maintenance file exists.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::actions::ActionRequest;
+use super::api::AdminState;
+use crate::capture::Capture;
+use crate::config::{HealthConfig, Role};
+use crate::error::{error_chain, full, text_response, ProxyBody};
+use crate::log::{Halt, Log};
+use crate::origin::Origin;
+use crate::ship::peer::Peer;
+use crate::shutdown::Shutdown;
+
+/// The question a load balancer asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// `/health`: may this node's CMS be reached at all?
+    Health,
+    /// `/readiness`: may this node take traffic?
+    Readiness,
+    /// `/writer`: is this the node to send writes to?
+    Writer,
+    /// `/mirror`: is this a mirror fit to serve reads?
+    Mirror,
+    /// `/read-only`: may reads go here (the writer, or a fit mirror)?
+    ReadOnly,
+}
+
+impl Check {
+    /// The check an endpoint name asks (the path without `/` or `/.copyist/`).
+    pub fn from_name(name: &str) -> Option<Check> {
+        Some(match name {
+            "health" => Check::Health,
+            "readiness" => Check::Readiness,
+            "writer" => Check::Writer,
+            "mirror" => Check::Mirror,
+            "read-only" => Check::ReadOnly,
+            _ => return None,
+        })
+    }
+
+    /// Whether `?lag=` means something to this check (the others ignore the query).
+    fn takes_lag(self) -> bool {
+        matches!(self, Check::Readiness | Check::Mirror | Check::ReadOnly)
+    }
+}
+
+/// A `?lag=` limit: how far behind the writer a mirror may be and still take reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LagLimit {
+    /// At most this many entries behind.
+    Entries(u64),
+    /// Caught up at most this long ago.
+    Time(Duration),
+}
+
+impl LagLimit {
+    /// The `lag` parameter of `query`: `None` when absent; `Err` (the 503's reason) when it is
+    /// neither a count nor a duration.
+    pub fn from_query(query: Option<&str>) -> Result<Option<LagLimit>, String> {
+        let lag = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "lag")
+            .map(|(_, v)| v.into_owned());
+        let Some(text) = lag else { return Ok(None) };
+        if let Ok(n) = text.parse::<u64>() {
+            return Ok(Some(LagLimit::Entries(n)));
+        }
+        humantime::parse_duration(&text)
+            .map(|d| Some(LagLimit::Time(d)))
+            .map_err(|_| {
+                format!("invalid lag {text:?}: expected entries (\"100\") or a duration (\"10s\")")
+            })
+    }
+}
+
+/// The body of every health answer, whatever its status.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealthView {
+    /// This node's name.
+    pub node: String,
+    /// "writer" or "mirror".
+    pub role: String,
+    /// Whether `/health` passes: the log is writable and the CMS answered the last probe.
+    pub healthy: bool,
+    /// Whether an operator (`copyist drain`) or the maintenance file takes the node out.
+    pub draining: bool,
+    /// Where and why this mirror is halted.
+    pub halted: Option<Halt>,
+    /// Highest sequence number applied here (mirror) or logged (writer).
+    pub applied_seq: u64,
+    /// The writer's highest sequence number: its log's on the writer; on a mirror, the writer's
+    /// answer to the last probe (`None` while the writer is unreachable).
+    pub last_seq: Option<u64>,
+    /// `last_seq - applied_seq` (0 on the writer); `None` when unknown.
+    pub lag_entries: Option<u64>,
+    /// Seconds since the mirror was last seen caught up (0 when it is; always 0 on the
+    /// writer); `None` when unknown.
+    pub lag_seconds: Option<f64>,
+    /// The last probe of the local CMS.
+    pub origin: OriginView,
+    /// Why this check failed, in a few words; `None` when it passed.
+    pub reason: Option<String>,
+}
+
+/// What the last probe of the local CMS found.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OriginView {
+    /// Whether it answered below 500 within `probe_timeout`.
+    pub ok: bool,
+    /// How long ago it was probed (`None` before the first probe finished).
+    pub checked_ms_ago: Option<u64>,
+    /// What went wrong, when it did.
+    pub error: Option<String>,
+}
+
+/// The health state the endpoints read and the probe writes. Cheap to clone.
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: String,
+    role: Role,
+    log: Log,
+    capture: Capture,
+    drain_status: StatusCode,
+    maintenance_file: Option<PathBuf>,
+    /// Whether `maintenance_file` existed at the last probe.
+    maintenance: AtomicBool,
+    /// `copyist drain`'s reason and author, until `undrain` (not kept across restarts: the
+    /// maintenance file is the drain that survives one).
+    drained: Mutex<Option<String>>,
+    origin: Mutex<OriginProbe>,
+    writer: Mutex<WriterProbe>,
+}
+
+/// The last origin probe.
+#[derive(Clone, Debug, Default)]
+struct OriginProbe {
+    ok: bool,
+    at: Option<Instant>,
+    error: Option<String>,
+}
+
+/// What a mirror's probes learnt about the writer.
+#[derive(Clone, Debug, Default)]
+struct WriterProbe {
+    /// The writer's last sequence number at the last probe; `None` if that probe failed.
+    last_seq: Option<u64>,
+    /// When a probe last saw this mirror's applied seq reach the writer's last one.
+    caught_up_at: Option<Instant>,
+    /// Why the last probe failed (kept to log only the first failure of a run).
+    error: Option<String>,
+}
+
+/// What an answer depends on, read once per request.
+#[derive(Clone, Debug, Default)]
+struct Facts {
+    mirror: bool,
+    /// Why `/health` fails, if it does.
+    unhealthy: Option<String>,
+    /// Why the node is draining, if it is.
+    draining: Option<String>,
+    halt: Option<Halt>,
+    lag_entries: Option<u64>,
+    lag_seconds: Option<f64>,
+}
+
+/// The outcome of a check.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Pass,
+    Fail(String),
+    /// Only draining stands in the way: answered with `drain_status`.
+    Draining(String),
+}
+
+impl Health {
+    /// The health state of one node; unhealthy until the first probe has answered.
+    pub fn new(
+        node: &str,
+        role: Role,
+        log: Log,
+        capture: Capture,
+        config: &HealthConfig,
+    ) -> Health {
+        Health {
+            inner: Arc::new(Inner {
+                node: node.to_owned(),
+                role,
+                log,
+                capture,
+                drain_status: config.drain_status,
+                maintenance_file: config.maintenance_file.clone(),
+                maintenance: AtomicBool::new(false),
+                drained: Mutex::new(None),
+                origin: Mutex::new(OriginProbe::default()),
+                writer: Mutex::new(WriterProbe::default()),
+            }),
+        }
+    }
+
+    /// Answers the health endpoint `name` (its path without `/` or `/.copyist/`), or `None`
+    /// when `name` is not one. Reads only cached state.
+    pub fn respond(
+        &self,
+        method: &Method,
+        name: &str,
+        query: Option<&str>,
+    ) -> Option<Response<ProxyBody>> {
+        let check = match name {
+            "liveness" => None,
+            other => Some(Check::from_name(other)?),
+        };
+        let mut resp =
+            if method != Method::GET && method != Method::HEAD && method != Method::OPTIONS {
+                let mut resp =
+                    text_response(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD or OPTIONS\n");
+                resp.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, OPTIONS"),
+                );
+                resp
+            } else if let Some(check) = check {
+                let (status, view) = self.evaluate(check, query);
+                json(status, &view)
+            } else {
+                text_response(StatusCode::OK, "ok\n")
+            };
+        if method == Method::HEAD || method == Method::OPTIONS {
+            *resp.body_mut() = full("");
+        }
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Some(resp)
+    }
+
+    /// The status and body of `check`.
+    pub fn evaluate(&self, check: Check, query: Option<&str>) -> (StatusCode, HealthView) {
+        let (facts, mut view) = self.snapshot();
+        let limit = if check.takes_lag() {
+            LagLimit::from_query(query)
+        } else {
+            Ok(None)
+        };
+        let verdict = match limit {
+            Ok(limit) => verdict(&facts, check, limit),
+            Err(why) => Verdict::Fail(why),
+        };
+        let (status, reason) = match verdict {
+            Verdict::Pass => (StatusCode::OK, None),
+            Verdict::Fail(why) => (StatusCode::SERVICE_UNAVAILABLE, Some(why)),
+            Verdict::Draining(why) => (self.inner.drain_status, Some(why)),
+        };
+        view.reason = reason;
+        (status, view)
+    }
+
+    /// Drains the node (`Some(why)`) or ends an operator's drain (`None`). The maintenance
+    /// file, if present, keeps draining it either way.
+    pub fn set_drained(&self, why: Option<String>) {
+        *lock(&self.inner.drained) = why;
+    }
+
+    /// Why the node is draining, if it is.
+    pub fn draining(&self) -> Option<String> {
+        if let Some(why) = lock(&self.inner.drained).clone() {
+            return Some(format!("draining: {why}"));
+        }
+        match &self.inner.maintenance_file {
+            Some(path) if self.inner.maintenance.load(Ordering::Acquire) => Some(format!(
+                "draining: maintenance file {} exists",
+                path.display()
+            )),
+            _ => None,
+        }
+    }
+
+    /// Everything an answer depends on, and the body without its reason.
+    fn snapshot(&self) -> (Facts, HealthView) {
+        let i = &self.inner;
+        let origin = lock(&i.origin).clone();
+        let writer = lock(&i.writer).clone();
+        let unhealthy = if i.capture.is_fail_closed() {
+            Some("log not writable (fail-closed until restart)".to_owned())
+        } else if origin.at.is_none() {
+            Some("origin not probed yet".to_owned())
+        } else if !origin.ok {
+            Some(format!(
+                "origin down: {}",
+                origin.error.as_deref().unwrap_or("probe failed")
+            ))
+        } else {
+            None
+        };
+        let (applied, last) = match i.role {
+            Role::Writer => (i.log.last_seq().0, Some(i.log.last_seq().0)),
+            Role::Mirror => (i.log.applied_seq().0, writer.last_seq),
+        };
+        let lag_entries = last.map(|last| last.saturating_sub(applied));
+        let lag_seconds = match lag_entries {
+            Some(0) => Some(0.0),
+            Some(_) => writer.caught_up_at.map(|t| t.elapsed().as_secs_f64()),
+            None => None,
+        };
+        let facts = Facts {
+            mirror: i.role == Role::Mirror,
+            unhealthy,
+            draining: self.draining(),
+            halt: i.log.halt(),
+            lag_entries,
+            lag_seconds,
+        };
+        let view = HealthView {
+            node: i.node.clone(),
+            role: i.role.as_str().to_owned(),
+            healthy: facts.unhealthy.is_none(),
+            draining: facts.draining.is_some(),
+            halted: facts.halt.clone(),
+            applied_seq: applied,
+            last_seq: last,
+            lag_entries,
+            lag_seconds,
+            origin: OriginView {
+                ok: origin.ok,
+                checked_ms_ago: origin.at.map(|t| millis(t.elapsed())),
+                error: origin.error,
+            },
+            reason: None,
+        };
+        (facts, view)
+    }
+
+    /// Probes until shutdown: at once, then every `probe_interval`. A round that outlives
+    /// shutdown is abandoned (it only reads).
+    pub async fn probe(self, prober: Prober, mut shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(prober.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.recv() => return,
+            }
+            let round = async {
+                tokio::join!(
+                    self.probe_origin(&prober),
+                    self.probe_writer(&prober),
+                    self.check_maintenance()
+                )
+            };
+            tokio::select! {
+                _ = round => {}
+                () = shutdown.recv() => return,
+            }
+        }
+    }
+
+    async fn probe_origin(&self, p: &Prober) {
+        let result = origin_answer(&p.origin, &p.path, p.timeout).await;
+        let mut origin = lock(&self.inner.origin);
+        match result {
+            Ok(()) => {
+                if !origin.ok && origin.at.is_some() {
+                    tracing::info!("origin answers the health probe again");
+                }
+                origin.ok = true;
+                origin.error = None;
+            }
+            Err(error) => {
+                if origin.ok || origin.at.is_none() {
+                    tracing::warn!(%error, "origin failed the health probe: node unhealthy");
+                }
+                origin.ok = false;
+                origin.error = Some(error);
+            }
+        }
+        origin.at = Some(Instant::now());
+    }
+
+    /// On a mirror: the writer's last sequence number, and whether this mirror has reached it.
+    async fn probe_writer(&self, p: &Prober) {
+        let Some(peer) = &p.writer else { return };
+        let result = peer.state().await;
+        // Read after the answer: applied >= the writer's last then means caught up now.
+        let applied = self.inner.log.applied_seq().0;
+        let mut writer = lock(&self.inner.writer);
+        match result {
+            Ok(state) => {
+                writer.last_seq = Some(state.applied_seq);
+                if applied >= state.applied_seq {
+                    writer.caught_up_at = Some(Instant::now());
+                }
+                if writer.error.take().is_some() {
+                    tracing::info!(writer = peer.name(), "writer reachable again");
+                }
+            }
+            Err(e) => {
+                let error = error_chain(&e);
+                if writer.error.is_none() {
+                    tracing::warn!(writer = peer.name(), %error, "writer unreachable: lag unknown");
+                }
+                writer.last_seq = None;
+                writer.error = Some(error);
+            }
+        }
+    }
+
+    async fn check_maintenance(&self) {
+        let Some(path) = &self.inner.maintenance_file else {
+            return;
+        };
+        let exists = tokio::fs::metadata(path).await.is_ok();
+        if self.inner.maintenance.swap(exists, Ordering::AcqRel) != exists {
+            let file = path.display();
+            if exists {
+                tracing::warn!(%file, "maintenance file exists: draining");
+            } else {
+                tracing::warn!(%file, "maintenance file removed: no longer draining");
+            }
+        }
+    }
+}
+
+/// What the background probe asks, and how often.
+pub struct Prober {
+    origin: Origin,
+    /// The writer's replication listener (mirror only), asked for its last sequence number.
+    writer: Option<Peer>,
+    path: String,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Prober {
+    /// Probes `origin` (and, on a mirror, `writer`) as `config` says. `writer`'s own request
+    /// timeout should be `config.probe_timeout`.
+    pub fn new(origin: Origin, writer: Option<Peer>, config: &HealthConfig) -> Prober {
+        Prober {
+            origin,
+            writer,
+            path: config.probe_path.clone(),
+            interval: config.probe_interval,
+            timeout: config.probe_timeout,
+        }
+    }
+}
+
+/// The pure decision: which checks pass on which facts.
+fn verdict(f: &Facts, check: Check, limit: Option<LagLimit>) -> Verdict {
+    match check {
+        Check::Writer if f.mirror => return Verdict::Fail("this node is a mirror".into()),
+        Check::Mirror if !f.mirror => return Verdict::Fail("this node is the writer".into()),
+        _ => {}
+    }
+    if let Some(why) = &f.unhealthy {
+        return Verdict::Fail(why.clone());
+    }
+    if check == Check::Health {
+        return Verdict::Pass;
+    }
+    if let Some(halt) = &f.halt {
+        return Verdict::Fail(format!("halted at entry {} ({})", halt.seq, halt.reason));
+    }
+    if let Some(why) = limit.filter(|_| f.mirror).and_then(|l| lag_problem(f, l)) {
+        return Verdict::Fail(why);
+    }
+    // Last, so that `drain_status` is only answered when draining is the sole reason.
+    match &f.draining {
+        Some(why) => Verdict::Draining(why.clone()),
+        None => Verdict::Pass,
+    }
+}
+
+/// Why a mirror is not within `limit`, if it is not.
+fn lag_problem(f: &Facts, limit: LagLimit) -> Option<String> {
+    let Some(entries) = f.lag_entries else {
+        return Some("writer unreachable; lag unknown".into());
+    };
+    match (limit, f.lag_seconds) {
+        (LagLimit::Entries(max), _) if entries > max => {
+            Some(format!("lag of {entries} entries exceeds {max}"))
+        }
+        (LagLimit::Time(_), None) => Some(format!(
+            "{entries} entries behind and not caught up since start"
+        )),
+        (LagLimit::Time(max), Some(secs)) if secs > max.as_secs_f64() => Some(format!(
+            "lag of {secs:.1}s exceeds {}",
+            humantime::format_duration(max)
+        )),
+        _ => None,
+    }
+}
+
+/// GETs `path` on the origin: `Ok` for any answer below 500 within `timeout`.
+async fn origin_answer(origin: &Origin, path: &str, timeout: Duration) -> Result<(), String> {
+    let uri = origin.uri_for(path).map_err(|e| e.to_string())?;
+    let mut req = Request::new(full(""));
+    // The origin client passes Host through rather than setting it; name the CMS itself.
+    if let Some(host) = uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("copyist-health-probe"),
+    );
+    *req.uri_mut() = uri;
+    let resp = match tokio::time::timeout(timeout, origin.send(req)).await {
+        Err(_) => {
+            let limit = humantime::format_duration(timeout);
+            return Err(format!("no answer to GET {path} within {limit}"));
+        }
+        Ok(Err(e)) => return Err(error_chain(&e)),
+        Ok(Ok(resp)) => resp,
+    };
+    match resp.status() {
+        s if s.is_server_error() => Err(format!("GET {path} answered {s}")),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /api/v1/drain` (`drain`) and `/api/v1/undrain`: an operator takes the node out of
+/// rotation, or puts it back. Traffic keeps flowing either way; only the checks change.
+pub fn drain(state: &AdminState, drain: bool, body: &[u8]) -> Response<ProxyBody> {
+    let req: ActionRequest = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("action body: {e}\n")),
+    };
+    if req.reason.trim().is_empty() {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            "a reason is required (--reason TEXT)\n",
+        );
+    }
+    let by = if req.by.is_empty() {
+        "admin-api"
+    } else {
+        req.by.as_str()
+    };
+    let action = if drain { "drain" } else { "undrain" };
+    let health = &state.health;
+    health.set_drained(drain.then(|| format!("{} (by {by})", req.reason)));
+    tracing::warn!(action, reason = %req.reason, by, "operator action");
+    let node = &state.node;
+    let text = match (drain, health.draining()) {
+        (true, _) => format!("{node}: draining; readiness checks fail, traffic still flows\n"),
+        (false, Some(why)) => format!("{node}: operator drain ended, but still {why}\n"),
+        (false, None) => format!("{node}: no longer draining\n"),
+    };
+    text_response(StatusCode::OK, text)
+}
+
+fn json(status: StatusCode, view: &HealthView) -> Response<ProxyBody> {
+    let Ok(bytes) = serde_json::to_vec(view) else {
+        return text_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode health\n");
+    };
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The state behind a mutex even if a panicking holder poisoned it: every field is valid at
+/// all times (each is written whole).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Seq;
+
+    fn mirror(lag_entries: Option<u64>, lag_seconds: Option<f64>) -> Facts {
+        Facts {
+            mirror: true,
+            lag_entries,
+            lag_seconds,
+            ..Facts::default()
+        }
+    }
+
+    fn halt() -> Halt {
+        Halt {
+            seq: Seq(7),
+            reason: "status_mismatch".into(),
+            detail: String::new(),
+        }
+    }
+
+    fn lag(text: &str) -> Option<LagLimit> {
+        LagLimit::from_query(Some(&format!("lag={text}"))).unwrap()
+    }
+
+    #[test]
+    fn lag_is_a_count_or_a_duration() {
+        assert_eq!(LagLimit::from_query(None), Ok(None));
+        assert_eq!(LagLimit::from_query(Some("x=1")), Ok(None));
+        assert_eq!(lag("100"), Some(LagLimit::Entries(100)));
+        assert_eq!(lag("10s"), Some(LagLimit::Time(Duration::from_secs(10))));
+        assert_eq!(
+            lag("1m%2030s"),
+            Some(LagLimit::Time(Duration::from_secs(90)))
+        );
+        for bad in ["", "-1", "10 parsecs", "1.5"] {
+            let err = LagLimit::from_query(Some(&format!("lag={bad}"))).unwrap_err();
+            assert!(err.starts_with("invalid lag"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn verdict_table() {
+        use Check::*;
+        use Verdict::*;
+        let writer = Facts::default();
+        let fail = |s: &str| Fail(s.to_owned());
+        let unhealthy = Facts {
+            unhealthy: Some("origin down".into()),
+            ..mirror(Some(0), Some(0.0))
+        };
+        let halted = Facts {
+            halt: Some(halt()),
+            ..mirror(Some(0), Some(0.0))
+        };
+        let draining = Facts {
+            draining: Some("draining: x".into()),
+            ..writer.clone()
+        };
+        let lagging = mirror(Some(5), Some(30.0));
+        let no_writer = mirror(None, None);
+        let behind = mirror(Some(3), None);
+        let cases: Vec<(&str, &Facts, Check, Option<LagLimit>, Verdict)> = vec![
+            ("writer health", &writer, Health, None, Pass),
+            ("writer writer", &writer, Writer, None, Pass),
+            (
+                "writer mirror",
+                &writer,
+                Mirror,
+                None,
+                fail("this node is the writer"),
+            ),
+            (
+                "writer read-only, lag ignored",
+                &writer,
+                ReadOnly,
+                lag("0"),
+                Pass,
+            ),
+            (
+                "mirror writer",
+                &lagging,
+                Writer,
+                None,
+                fail("this node is a mirror"),
+            ),
+            ("no limit", &lagging, Mirror, None, Pass),
+            ("within", &lagging, Mirror, lag("5"), Pass),
+            (
+                "entries",
+                &lagging,
+                Readiness,
+                lag("4"),
+                fail("lag of 5 entries exceeds 4"),
+            ),
+            ("seconds ok", &lagging, ReadOnly, lag("1m"), Pass),
+            (
+                "seconds",
+                &lagging,
+                Mirror,
+                lag("10s"),
+                fail("lag of 30.0s exceeds 10s"),
+            ),
+            ("no writer, no limit", &no_writer, Mirror, None, Pass),
+            (
+                "no writer",
+                &no_writer,
+                Mirror,
+                lag("1000"),
+                fail("writer unreachable; lag unknown"),
+            ),
+            (
+                "never caught up",
+                &behind,
+                Mirror,
+                lag("1h"),
+                fail("3 entries behind and not caught up since start"),
+            ),
+            ("never caught up, by count", &behind, Mirror, lag("3"), Pass),
+            ("unhealthy", &unhealthy, Health, None, fail("origin down")),
+            (
+                "unhealthy ready",
+                &unhealthy,
+                ReadOnly,
+                None,
+                fail("origin down"),
+            ),
+            ("halted healthy", &halted, Health, None, Pass),
+            (
+                "halted",
+                &halted,
+                Mirror,
+                None,
+                fail("halted at entry 7 (status_mismatch)"),
+            ),
+            ("draining healthy", &draining, Health, None, Pass),
+            (
+                "draining",
+                &draining,
+                Readiness,
+                None,
+                Draining("draining: x".into()),
+            ),
+            (
+                "draining writer",
+                &draining,
+                Writer,
+                None,
+                Draining("draining: x".into()),
+            ),
+        ];
+        for (name, facts, check, limit, want) in cases {
+            assert_eq!(verdict(facts, check, limit), want, "{name}");
+        }
+    }
+
+    /// 404 (drain_status) is only for "draining and nothing else": a draining node that is also
+    /// down says 503, so HAProxy marks it down rather than in maintenance.
+    #[test]
+    fn draining_is_only_the_answer_when_nothing_else_is_wrong() {
+        let f = Facts {
+            draining: Some("draining: x".into()),
+            halt: Some(halt()),
+            ..mirror(Some(0), Some(0.0))
+        };
+        assert!(matches!(verdict(&f, Check::Mirror, None), Verdict::Fail(_)));
+        let f = Facts {
+            draining: Some("draining: x".into()),
+            ..mirror(Some(9), Some(0.0))
+        };
+        assert!(matches!(
+            verdict(&f, Check::Mirror, lag("1")),
+            Verdict::Fail(_)
+        ));
+    }
+}

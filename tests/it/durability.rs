@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use copyist::log::{BodyRef, EntryState, Log, Seq};
 
@@ -195,37 +194,11 @@ async fn restart_continues_the_sequence() {
     assert_eq!(node.api("/api/v1/log/2").await["state"], "accepted");
 }
 
-/// A small tmpfs mounted over a node's data directory, unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(path: &Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("mount not found");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root (CI runs as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(path.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test]
 async fn disk_full_refuses_writes_with_503_until_restart_and_reads_keep_flowing() {
     let origin = StubOrigin::spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    let _disk = SmallDisk::mount(&dir.path().join("data"), "8m");
+    let _disk = crate::support::SmallDisk::mount(&dir.path().join("data"), "8m");
     let node = TestNode::start_in(dir, &origin.url(), Opts::default()).await;
     let c = node.client();
     assert_eq!(c.post_form("/items", "before=1").await.seq(), Some(1));

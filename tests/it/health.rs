@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
@@ -254,21 +253,6 @@ async fn a_lagging_mirror_fails_a_tight_lag_limit_and_passes_a_loose_one() {
     );
 }
 
-/// Runs `sql` on a PHP CMS's database (a hand edit behind the CMS's back).
-fn sqlite(cms: &PhpCms, sql: &str) {
-    let db = cms.dir.path().join("cms.sqlite");
-    let code = format!(
-        "$db = new PDO('sqlite:{}'); $db->exec(\"{sql}\");",
-        db.display()
-    );
-    let out = Command::new("php").arg("-r").arg(code).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// TestCluster's mirrors name an unreachable writer (port 9): their lag is unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_halted_mirror_leaves_rotation_and_an_unknown_lag_fails_any_lag_limit() {
@@ -293,10 +277,9 @@ async fn a_halted_mirror_leaves_rotation_and_an_unknown_lag_fails_any_lag_limit(
     );
     assert_eq!(status(m, "/read-only").await, 200);
 
-    sqlite(
-        &cluster.mirrors[0].cms,
-        "INSERT INTO articles (title, body) VALUES ('hand', 'edit')",
-    );
+    cluster.mirrors[0]
+        .cms
+        .sql("INSERT INTO articles (title, body) VALUES ('hand', 'edit')");
     let r = cluster
         .writer
         .client()
@@ -457,37 +440,11 @@ async fn any_probe_answer_below_500_counts_as_up() {
     assert_eq!(status(node.admin, "/health").await, 503);
 }
 
-/// A small tmpfs mounted over a node's data directory, unmounted on drop (as in durability.rs).
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(path: &Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(path).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("mount not found");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root (CI runs as root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(path.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test]
 async fn an_unwritable_log_makes_the_node_unhealthy() {
     let origin = StubOrigin::spawn().await;
     let dir = tempfile::tempdir().unwrap();
-    let _disk = SmallDisk::mount(&dir.path().join("data"), "8m");
+    let _disk = crate::support::SmallDisk::mount(&dir.path().join("data"), "8m");
     let opts = Opts {
         extra: FAST,
         ..Opts::default()

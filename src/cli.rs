@@ -248,10 +248,21 @@ fn load(path: &Path) -> Result<Config, String> {
 
 async fn run_node(path: &Path) -> CliResult {
     let config = load(path)?;
+    let delay = config.health.shutdown_delay;
     let node = Node::build(config).await.map_err(|e| error_chain(&e))?;
+    let health = node.health();
     let (trigger, shutdown) = crate::shutdown::channel();
     tokio::spawn(async move {
         crate::shutdown::signal().await;
+        // Readiness fails first, while traffic still flows, so load balancers move away; then
+        // the listeners close and in-flight requests finish (Node::run drains them).
+        health.set_drained(Some("shutting down".into()));
+        crate::systemd::notify("STOPPING=1\nSTATUS=draining before shutdown");
+        tracing::info!(?delay, "draining before shutdown");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = crate::shutdown::signal() => tracing::info!("second signal: stopping now"),
+        }
         trigger.fire();
     });
     node.run(shutdown).await.map_err(|e| error_chain(&e))

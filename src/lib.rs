@@ -47,6 +47,7 @@
 //! * [`cli`] — subcommands; talks to a running node only through the admin API.
 //! * [`error`] — who is to blame, and the one place errors become HTTP statuses.
 //! * [`shutdown`] — SIGTERM/SIGINT and the shutdown receiver every task holds.
+//! * [`systemd`] — `Type=notify` readiness and status.
 //!
 //! # Invariants
 //! * No request reaches the origin unless its entry is durably `Pending` first.
@@ -76,5 +77,6 @@ pub mod origin;
 pub mod proxy;
 pub mod ship;
 pub mod shutdown;
+pub mod systemd;
 pub mod tls;
 pub mod wire;

@@ -248,6 +248,11 @@ impl Node {
             .and_then(|(l, _, _)| l.local_addr().ok())
     }
 
+    /// The node's health state (to drain it before shutting down).
+    pub fn health(&self) -> Health {
+        self.health.0.clone()
+    }
+
     /// Entries found pending at start-up and marked in-doubt.
     pub fn in_doubt(&self) -> &[Seq] {
         &self.in_doubt
@@ -263,6 +268,7 @@ impl Node {
             origin = %self.config.origin.url,
             "copyist running"
         );
+        let public = self.public_addr();
         let mut tasks = vec![
             tokio::spawn(
                 self.proxy
@@ -287,6 +293,10 @@ impl Node {
         }
         let (health, prober) = self.health;
         tasks.push(tokio::spawn(health.probe(prober, shutdown.clone())));
+        crate::systemd::notify(&format!(
+            "READY=1\nSTATUS=serving as {} on {public}",
+            self.config.node.role.as_str()
+        ));
         for task in tasks {
             task.await?;
         }

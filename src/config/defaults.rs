@@ -82,6 +82,10 @@ pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// to send visitors to, and the probe must finish well within its interval.
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `health.shutdown_delay`: a load balancer checking every second with a fall count of two or
+/// three has taken the node out of rotation after about three seconds of failing readiness.
+pub const HEALTH_SHUTDOWN_DELAY: Duration = Duration::from_secs(3);
+
 /// `health.drain_status`: 503 is what every load balancer understands as "out of rotation";
 /// HAProxy's `http-check disable-on-404` wants 404 to tell draining from down.
 pub const HEALTH_DRAIN_STATUS: http::StatusCode = http::StatusCode::SERVICE_UNAVAILABLE;

@@ -112,6 +112,7 @@ pub(super) struct FileHealth {
     pub(super) probe_timeout: Key<String>,
     pub(super) maintenance_file: Key<String>,
     pub(super) drain_status: Key<i64>,
+    pub(super) shutdown_delay: Key<String>,
 }
 
 /// `[capture]`, with its `[[capture.rule]]` and `[capture.multipart]` tables.
@@ -291,6 +292,7 @@ impl FileHealth {
             probe_timeout: r.value("probe_timeout", DURATION, string),
             maintenance_file: r.value("maintenance_file", PATH, string),
             drain_status: r.value("drain_status", "an integer status, 503 or 404", integer),
+            shutdown_delay: r.value("shutdown_delay", DURATION, string),
         }
     }
 }

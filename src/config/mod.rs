@@ -154,6 +154,9 @@ pub struct HealthConfig {
     pub maintenance_file: Option<PathBuf>,
     /// What a draining node answers where it would otherwise answer 200: 503 or 404.
     pub drain_status: http::StatusCode,
+    /// On SIGTERM, how long the node keeps serving while draining (readiness failing) before
+    /// it closes its listeners: time for load balancers to take it out of rotation.
+    pub shutdown_delay: Duration,
 }
 
 /// `[capture]`.
@@ -372,6 +375,7 @@ impl Default for HealthConfig {
             probe_timeout: defaults::HEALTH_PROBE_TIMEOUT,
             maintenance_file: None,
             drain_status: defaults::HEALTH_DRAIN_STATUS,
+            shutdown_delay: defaults::HEALTH_SHUTDOWN_DELAY,
         }
     }
 }

@@ -173,12 +173,14 @@ fn health(f: FileHealth, dir: &Path, rules: &[Rule], p: &mut Problems) -> Option
     let probe_timeout = optional(f.probe_timeout, d::HEALTH_PROBE_TIMEOUT, p, duration);
     let maintenance_file = optional(f.maintenance_file, None, p, |s| path_in(dir, s).map(Some));
     let drain_status = optional(f.drain_status, d::HEALTH_DRAIN_STATUS, p, drain_status);
+    let shutdown_delay = optional(f.shutdown_delay, d::HEALTH_SHUTDOWN_DELAY, p, duration);
     Some(HealthConfig {
         probe_path: probe_path?,
         probe_interval: probe_interval?,
         probe_timeout: probe_timeout?,
         maintenance_file: maintenance_file?,
         drain_status: drain_status?,
+        shutdown_delay: shutdown_delay?,
     })
 }
 

@@ -14,6 +14,7 @@ mod crash;
 mod durability;
 mod health;
 mod hygiene;
+mod lifecycle;
 mod metrics;
 mod passthrough;
 mod replication_auth;

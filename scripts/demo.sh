@@ -92,8 +92,8 @@ url = "http://127.0.0.1:${cms[$n]}"
 [admin]
 listen = "127.0.0.1:${admin[$n]}"
 
-# The writer's capture rules, so this mirror refuses (503) the same writes instead of letting
-# them change its CMS behind the writer's back.
+# The writer's capture rules, so this mirror forwards the same writes to the writer instead of
+# letting them change its CMS behind the writer's back.
 [[capture.rule]]
 method = "GET"
 path = "/visit"
@@ -235,9 +235,11 @@ Try, from the repository root in another terminal (the IDs assume a fresh ./demo
   # 1. Write on the writer: 303 with Location: /article/1 and X-Copyist-Seq: 1
   curl -i -d title=hello -d body=world http://127.0.0.1:8080/articles
 
-  # 2. Read it on each mirror (a write sent to a mirror gets 503)
+  # 2. Read it on each mirror; a write sent to a mirror goes to the writer, and the mirror
+  #    answers once it holds the result itself (X-Copyist-Applied: yes)
   curl http://127.0.0.1:8090/article/1
   curl http://127.0.0.1:8100/article/1
+  curl -i -d title=via-mirror http://127.0.0.1:8090/articles
 
   # 3. The three CMSes hold the same state: three equal hashes
   for port in 8081 8091 8101; do curl -s http://127.0.0.1:$port/dump | sha256sum; done

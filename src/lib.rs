@@ -35,6 +35,7 @@
 //! * [`proxy`] — public listener, request checks, classification, header hygiene, pass-through.
 //! * [`body`] — reading a client body with a size limit and an idle deadline.
 //! * [`capture`] — the capture pipeline and its write lock; fail-closed latch.
+//! * [`cluster`] — writes that reach a mirror: forwarded to the writer, read-your-writes.
 //! * [`log`] — the durable log (the only module that names sled).
 //! * [`blobs`] — content-addressed blob files (the only module that touches the blob dir).
 //! * [`origin`] — pooled client to the local CMS, every origin timeout, response collection.
@@ -68,6 +69,7 @@ pub mod blobs;
 pub mod body;
 pub mod capture;
 pub mod cli;
+pub mod cluster;
 pub mod compare;
 pub mod config;
 pub mod error;

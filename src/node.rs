@@ -141,6 +141,7 @@ impl Node {
         let mut shippers = Vec::new();
         let mut replication = None;
         let mut writer_peer = None;
+        let mut forward_peer = None;
         if let Some(rc) = &config.replication {
             let server = tls::replication_server(rc)?;
             let client = tls::replication_client(rc)?;
@@ -148,6 +149,13 @@ impl Node {
             if let (Role::Mirror, Some(w)) = (config.node.role, &config.writer) {
                 let timeout = config.health.probe_timeout;
                 writer_peer = Some(Peer::new(&w.name, &w.url, client.clone(), timeout));
+                // Client writes that reach this mirror go to the writer on their own connection.
+                forward_peer = Some(Peer::new(
+                    &w.name,
+                    &w.url,
+                    client.clone(),
+                    rc.request_timeout,
+                ));
             }
             if config.node.role == Role::Writer {
                 for m in &config.mirrors {
@@ -176,6 +184,8 @@ impl Node {
                 max_blob_bytes: config.public.max_body_bytes,
                 spill_dir: data.join("tmp"),
                 max_response_buffer: config.capture.max_response_buffer,
+                capture: (config.node.role == Role::Writer).then(|| capture.clone()),
+                body_read_timeout: config.public.body_read_timeout,
                 metrics: metrics.clone(),
             });
             let listener = bind("replication", rc.listen).await?;
@@ -190,6 +200,13 @@ impl Node {
             &config.health,
         );
         let prober = Prober::new(origin.clone(), writer_peer, &config.health);
+        let forwarder = match (forward_peer, &replication) {
+            (Some(peer), Some((_, _, service))) => Some(crate::cluster::Forwarder::new(
+                peer,
+                service.applied_watch(),
+            )),
+            _ => None,
+        };
         let proxy = Proxy::new(crate::proxy::Parts {
             config: config.public.clone(),
             role: config.node.role,
@@ -199,6 +216,7 @@ impl Node {
             metrics: metrics.clone(),
             health: health.clone(),
             node: config.node.name.clone(),
+            forwarder,
         });
         let admin = AdminState {
             node: config.node.name.clone(),

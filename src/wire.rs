@@ -8,6 +8,7 @@
 //! | `PUT  /_copyist/v1/blobs/HASH` | store this blob (verified against HASH) | 201 / 422 |
 //! | `POST /_copyist/v1/entries/SEQ` | apply entry SEQ (postcard-encoded [`crate::log::Entry`]) | 200 [`ApplyAnswer`] / 409 gap / 423 halted |
 //! | `POST /_copyist/v1/control` | operator action on a halted mirror ([`Control`]) | 200 [`PeerState`] / 409 |
+//! | `POST /_copyist/v1/forward` | (to the writer) a client's write that reached a mirror | the writer's answer, with `X-Copyist-Seq` |
 //!
 //! Entries travel in postcard (bodies are bytes); everything else is JSON. Every message is
 //! versioned by the path; a peer that sends anything else gets a 4xx and nothing reaches a CMS.
@@ -64,6 +65,25 @@ pub struct Control {
     pub reason: String,
     /// Who, for the audit record.
     pub by: String,
+}
+
+/// Header carrying a forwarded write's [`ForwardHead`] (JSON) on `POST forward`; the body is
+/// the client's body, streamed.
+pub const FORWARD_HEADER: &str = "x-copyist-forward";
+
+/// A client's write that reached a mirror, forwarded to the writer's capture pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForwardHead {
+    /// Request method.
+    pub method: String,
+    /// `path?query`.
+    pub target: String,
+    /// The headers as the mirror cleaned them (hop-by-hop removed, X-Forwarded-* set).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The real client address, as the mirror determined it.
+    pub client_addr: String,
+    /// The mirror's request id, kept for the entry.
+    pub request_id: String,
 }
 
 /// Encodes an entry for `POST entries/SEQ`.

@@ -75,6 +75,8 @@ struct Inner {
     max_blob_bytes: u64,
     spill_dir: PathBuf,
     max_response_buffer: u64,
+    capture: Option<crate::capture::Capture>,
+    body_read_timeout: Duration,
     /// One apply at a time: the mirror's CMS sees replays in log order.
     apply_lock: Mutex<()>,
     /// The applied sequence number, for early entries waiting their turn.
@@ -106,6 +108,10 @@ pub struct Parts {
     pub max_response_buffer: u64,
     /// Where replay latency, halts and skips are counted.
     pub metrics: Arc<Metrics>,
+    /// On the writer: the capture pipeline that takes writes forwarded by mirrors.
+    pub capture: Option<crate::capture::Capture>,
+    /// Longest silence between two chunks of a forwarded write's body.
+    pub body_read_timeout: Duration,
 }
 
 impl Replication {
@@ -124,6 +130,8 @@ impl Replication {
                 max_blob_bytes: p.max_blob_bytes,
                 spill_dir: p.spill_dir,
                 max_response_buffer: p.max_response_buffer,
+                capture: p.capture,
+                body_read_timeout: p.body_read_timeout,
                 apply_lock: Mutex::new(()),
                 applied,
                 metrics: p.metrics,
@@ -207,6 +215,9 @@ impl Replication {
         if rest == "state" && method == Method::GET {
             return json_response(StatusCode::OK, &self.state());
         }
+        if rest == "forward" && method == Method::POST {
+            return self.forwarded(req).await;
+        }
         if self.inner.role != Role::Mirror {
             return text_response(StatusCode::FORBIDDEN, "this node is not a mirror\n");
         }
@@ -226,6 +237,61 @@ impl Replication {
             (Method::POST, "control") => self.control(req.into_body()).await,
             _ => text_response(StatusCode::NOT_FOUND, "no such replication endpoint\n"),
         }
+    }
+
+    /// A client's write forwarded by a mirror: through this writer's capture pipeline exactly
+    /// as if the client had come here (the mirror already cleaned its headers).
+    async fn forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Some(capture) = self.inner.capture.clone() else {
+            return text_response(StatusCode::FORBIDDEN, "this node is not the writer\n");
+        };
+        let head = req
+            .headers()
+            .get(wire::FORWARD_HEADER)
+            .and_then(|v| serde_json::from_slice::<wire::ForwardHead>(v.as_bytes()).ok());
+        let Some(head) = head else {
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                "missing or malformed forward header\n",
+            );
+        };
+        let (Ok(method), Ok(client)) = (
+            Method::from_bytes(head.method.as_bytes()),
+            head.client_addr.parse(),
+        ) else {
+            return text_response(StatusCode::BAD_REQUEST, "malformed forwarded request\n");
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &head.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        let request = crate::capture::CaptureRequest {
+            method,
+            target: head.target,
+            version: Version::HTTP_11,
+            headers,
+            client_addr: client,
+            request_id: head.request_id,
+        };
+        let body = GuardedBody::new(
+            req.into_body(),
+            self.inner.max_blob_bytes,
+            self.inner.body_read_timeout,
+        );
+        match capture.capture(request, body).await {
+            Ok(resp) => resp,
+            Err(e) => crate::error::error_response(&e),
+        }
+    }
+
+    /// The applied sequence number as it moves (a mirror's read-your-writes wait).
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.inner.applied.subscribe()
     }
 
     /// This node's position.

@@ -60,6 +60,9 @@ pub enum ProxyError {
     /// CONNECT and TRACE are not relayed.
     #[error("method {0} is not allowed through copyist")]
     MethodRefused(Method),
+    /// A write forwarded from this mirror to the writer failed.
+    #[error(transparent)]
+    Forward(#[from] crate::cluster::ForwardError),
     /// Pass-through to the origin failed.
     #[error(transparent)]
     Origin(#[from] OriginError),
@@ -85,7 +88,7 @@ impl HttpError for ProxyError {
         match self {
             ProxyError::Origin(e) => e.blame(),
             ProxyError::Capture(e) => e.blame(),
-            ProxyError::WriteOnMirror => Blame::Copyist,
+            ProxyError::WriteOnMirror | ProxyError::Forward(_) => Blame::Copyist,
             _ => Blame::Client,
         }
     }
@@ -98,6 +101,7 @@ impl HttpError for ProxyError {
             ProxyError::WriteOnMirror => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Origin(e) => e.status(),
             ProxyError::Capture(e) => e.status(),
+            ProxyError::Forward(e) => e.status(),
         }
     }
     fn seq(&self) -> Option<u64> {
@@ -109,9 +113,10 @@ impl HttpError for ProxyError {
     fn close_connection(&self) -> bool {
         match self {
             ProxyError::Capture(e) => e.close_connection(),
-            ProxyError::Origin(_) | ProxyError::MethodRefused(_) | ProxyError::WriteOnMirror => {
-                false
-            }
+            ProxyError::Origin(_)
+            | ProxyError::MethodRefused(_)
+            | ProxyError::WriteOnMirror
+            | ProxyError::Forward(_) => false,
             // The body was not read: the rest of the connection cannot be trusted to be framed.
             _ => true,
         }
@@ -133,6 +138,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Answers the health endpoints under the reserved prefix.
     health: Health,
+    /// On a mirror: forwards client writes to the writer.
+    forwarder: Option<crate::cluster::Forwarder>,
     /// Prefix of request ids: node name and start time, so ids stay unique across restarts.
     id_prefix: String,
     next_id: AtomicU64,
@@ -163,6 +170,8 @@ pub struct Parts {
     pub health: Health,
     /// This node's name (prefix of request ids).
     pub node: String,
+    /// On a mirror: where client writes go (the writer).
+    pub forwarder: Option<crate::cluster::Forwarder>,
 }
 
 impl Proxy {
@@ -181,6 +190,7 @@ impl Proxy {
                 capture: p.capture,
                 metrics: p.metrics,
                 health: p.health,
+                forwarder: p.forwarder,
                 id_prefix: format!("{}-{started:x}", p.node),
                 next_id: AtomicU64::new(1),
             }),
@@ -342,8 +352,9 @@ impl Proxy {
                 return Ok(reserved(&self.inner.health, &parts));
             }
             Route::Refused => return Err(ProxyError::MethodRefused(parts.method)),
-            // A mirror's CMS changes only through replay, or it would drift from the writer's.
-            Route::Capture if self.inner.role == Role::Mirror => {
+            // A mirror's CMS changes only through replay, or it would drift from the writer's:
+            // its writes go to the writer, or are refused when it has no writer to send them to.
+            Route::Capture if self.inner.role == Role::Mirror && self.inner.forwarder.is_none() => {
                 return Err(ProxyError::WriteOnMirror)
             }
             Route::PassThrough | Route::Capture => {}
@@ -351,6 +362,21 @@ impl Proxy {
         let request_id = self.next_request_id();
         let (headers, client) = self.origin_headers(&mut parts, host, conn, &request_id);
         let body = GuardedBody::new(body, c.max_body_bytes, c.body_read_timeout);
+        if let (Route::Capture, Some(forwarder)) = (route, &self.inner.forwarder) {
+            let head = crate::wire::ForwardHead {
+                method: parts.method.to_string(),
+                target,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+                client_addr: client.to_string(),
+                request_id,
+            };
+            let resp = forwarder.forward(head, body).await?;
+            self.inner.metrics.request(Action::Capture);
+            return Ok(resp);
+        }
         if route == Route::Capture {
             let req = CaptureRequest {
                 method: parts.method,

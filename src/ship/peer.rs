@@ -157,6 +157,30 @@ impl Peer {
         Ok(send)
     }
 
+    /// Sends `req` (a path under [`wire::PREFIX`] as its URI) and returns the response with its
+    /// body still streaming; waits at most `request_timeout` for the response headers.
+    pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, PeerError> {
+        let mut send = self.sender().await?;
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        *req.uri_mut() = format!("{}{path}", self.base)
+            .parse()
+            .map_err(|_| PeerError::Decode(format!("bad path {path}")))?;
+        let exchange = async {
+            send.ready().await.map_err(PeerError::Http)?;
+            send.send_request(req).await.map_err(PeerError::Http)
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| PeerError::Timeout(self.timeout))?
+    }
+
     async fn call(
         &self,
         method: Method,

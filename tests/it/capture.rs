@@ -266,12 +266,17 @@ async fn chunked_body_over_the_limit_gets_413_and_never_reaches_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mirror_never_applies_a_client_write_locally() {
+async fn a_mirror_whose_writer_is_down_refuses_writes_with_503_and_keeps_reading() {
     let cluster = crate::support::cluster::TestCluster::start(1).await;
-    let mirror = &cluster.mirrors[0];
+    let crate::support::cluster::TestCluster {
+        writer, mirrors, ..
+    } = cluster;
+    writer.node.stop().await;
+    let mirror = &mirrors[0];
     let before = mirror.dump().await;
     let r = mirror.client().post_form("/articles", "title=direct").await;
     assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
     assert_eq!(
         mirror.client().get("/").await.status,
         200,

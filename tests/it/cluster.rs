@@ -303,3 +303,32 @@ async fn a_mirror_cut_off_by_faults_catches_up_in_order_and_never_applies_a_trun
             || w_status["mirrors"][0]["state"] == "streaming"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_a_mirror_goes_to_the_writer_and_its_author_reads_it_back_there_at_once() {
+    let cluster = TestCluster::start(2).await;
+    let m1 = cluster.mirrors[0].client();
+    for i in 1..=3u64 {
+        let r = m1
+            .post_form("/articles", &format!("title=via-mirror-{i}"))
+            .await;
+        assert_eq!(r.status, 303, "{}", r.text());
+        assert_eq!(r.seq(), Some(i), "the writer logged it");
+        assert_eq!(r.header("x-copyist-applied"), Some("yes"));
+        // Read-your-writes: the article is on this mirror the moment the answer arrives.
+        let page = m1.get(&format!("/article/{i}")).await;
+        assert_eq!(
+            page.status, 200,
+            "article {i} not yet on the mirror that took the write"
+        );
+        assert!(page.text().contains(&format!("via-mirror-{i}")));
+    }
+    cluster.wait_converged().await;
+    let writer_dump = cluster.writer.dump().await;
+    for m in &cluster.mirrors {
+        assert_eq!(m.dump().await, writer_dump);
+    }
+    // The writer's entry keeps the real client, not the mirror.
+    let e = cluster.writer.node.api("/api/v1/log/1").await;
+    assert_eq!(e["client_addr"], "127.0.0.1");
+}

@@ -31,6 +31,11 @@ impl Certs {
     pub fn replication(&self, name: &str) -> String {
         replication_section(self.path(), name)
     }
+
+    /// The `[replication]` section for node `name` listening on `port`.
+    pub fn replication_on(&self, name: &str, port: u16) -> String {
+        replication_section(self.path(), name).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+    }
 }
 
 /// `[replication]` on 127.0.0.1:0 with the files for `name` under `dir`.
@@ -96,13 +101,19 @@ impl TestCluster {
         names.extend((1..=opts.mirrors).map(|i| format!("mirror-{i}")));
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let certs = Certs::new(&refs);
+        // The writer's replication port is chosen first: mirrors forward client writes to it.
+        let writer_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut mirrors = Vec::new();
         let mut chaos = Vec::new();
         let mut mirror_sections = String::new();
         for name in &names[1..] {
             let cms = PhpCms::start();
             let extra = format!(
-                "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:9\"\n\n{}",
+                "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:{writer_port}\"\n\n{}",
                 certs.replication(name),
                 opts.extra
             );
@@ -139,7 +150,7 @@ impl TestCluster {
         let cms = PhpCms::start();
         let extra = format!(
             "{}\n{}\n{}",
-            certs.replication("writer"),
+            certs.replication_on("writer", writer_port),
             mirror_sections,
             opts.extra
         );

@@ -167,6 +167,8 @@ impl Replication {
     ) {
         let this = self.clone();
         let watcher = graceful.watcher();
+        // Replies to pipelined entries must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let stream =
                 match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {

@@ -246,8 +246,17 @@ impl Shipper {
                 }
                 continue;
             }
+            // A newly settled entry joins the window at once, without waiting for the replies
+            // already in flight (otherwise a caught-up mirror lags a whole round trip per write).
+            let can_grow = in_flight.len() < inner.window;
             let reply = tokio::select! {
                 reply = in_flight.next() => reply,
+                changed = settled.changed(), if can_grow => {
+                    if changed.is_err() {
+                        return Ok(SessionEnd::Idle);
+                    }
+                    continue;
+                }
                 () = shutdown.recv() => return Ok(SessionEnd::Idle),
             };
             let Some(reply) = reply else { continue };

@@ -1,6 +1,7 @@
 //! Tests of `Config::load` / `Config::from_toml` as a whole: the example file, the fixtures in
 //! `fixtures/config/`, defaults and multi-problem reports. Value parsers and path patterns are
 //! tested next to their code.
+#![cfg(test)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

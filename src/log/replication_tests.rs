@@ -1,5 +1,6 @@
 //! Tests of the replication state in the log: the mirror's ordered apply, halts, retry and
 //! skip, the cookie map; the writer's cursors, pause flags, resolve and subscribe.
+#![cfg(test)]
 
 use super::tests::{open, sample_entry, sample_outcome, sample_request};
 use super::*;

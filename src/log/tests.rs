@@ -1,4 +1,5 @@
 //! Tests of the `Log` handle against real sled directories in temp dirs.
+#![cfg(test)]
 
 use super::*;
 use crate::blobs::BlobHash;

@@ -1,5 +1,6 @@
 //! Certificates made by `init_ca`/`issue_node`, and real handshakes between
 //! `replication_server` and `replication_client` over an in-memory duplex stream.
+#![cfg(test)]
 
 use std::os::unix::fs::PermissionsExt;
 

@@ -1,4 +1,5 @@
 //! The exposition format, escaping, cumulative buckets and the cached blob store size.
+#![cfg(test)]
 
 use super::*;
 

@@ -44,7 +44,7 @@ struct ConfigArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the node in the foreground until SIGTERM or SIGINT.
+    /// Run the node in the foreground; SIGTERM or SIGINT drains it, then stops it.
     Run(ConfigArg),
     /// Check a configuration file: exit 0 if valid, 1 with every problem listed if not.
     CheckConfig(ConfigArg),

@@ -212,6 +212,31 @@ impl Write {
     }
 }
 
+/// How long `open` waits for sled's file lock. A handle dropped in this process releases it
+/// only once sled's background flusher lets go (a few milliseconds later); another running node
+/// on the same `data_dir` keeps it, and is reported after this wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled, waiting (bounded) for its lock while a previous handle in this process winds down.
+fn open_db(dir: &Path, cache_capacity: u64) -> Result<sled::Db, LogError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let result = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .open();
+        match result {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl Log {
     /// Opens (creating if needed) the log in `dir`, with sled's page cache limited to
     /// `cache_capacity` bytes.
@@ -222,10 +247,7 @@ impl Log {
     /// report.
     pub fn open(dir: &Path, cache_capacity: u64) -> Result<(Log, Vec<Seq>), LogError> {
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_capacity)
-            .open()?;
+        let db = open_db(dir, cache_capacity)?;
         let entries = db.open_tree("entries")?;
         let meta = db.open_tree("meta")?;
         let unsettled = db.open_tree("unsettled")?;

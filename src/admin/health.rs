@@ -38,7 +38,7 @@ use super::actions::ActionRequest;
 use super::api::AdminState;
 use crate::capture::Capture;
 use crate::config::{HealthConfig, Role};
-use crate::error::{error_chain, full, text_response, ProxyBody};
+use crate::error::{error_chain, full, json_response, text_response, ProxyBody};
 use crate::log::{Halt, Log};
 use crate::origin::Origin;
 use crate::ship::peer::Peer;
@@ -257,7 +257,7 @@ impl Health {
                 resp
             } else if let Some(check) = check {
                 let (status, view) = self.evaluate(check, query);
-                json(status, &view)
+                json_response(status, &view)
             } else {
                 text_response(StatusCode::OK, "ok\n")
             };
@@ -584,19 +584,6 @@ pub fn drain(state: &AdminState, drain: bool, body: &[u8]) -> Response<ProxyBody
         (false, None) => format!("{node}: no longer draining\n"),
     };
     text_response(StatusCode::OK, text)
-}
-
-fn json(status: StatusCode, view: &HealthView) -> Response<ProxyBody> {
-    let Ok(bytes) = serde_json::to_vec(view) else {
-        return text_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode health\n");
-    };
-    let mut resp = Response::new(full(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 fn millis(d: Duration) -> u64 {

@@ -4,17 +4,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_php() { ! command -v php >/dev/null || ! php -m 2>/dev/null | grep -qi '^pdo_sqlite$'; }
-if need_php; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "check.sh: installing php-cli and php-sqlite3 for the fixture CMS" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli php-sqlite3 >/dev/null
+# What the integration tests run for real: the PHP fixture CMS (php-cli + pdo_sqlite), HAProxy in
+# front of a cluster, and headless Chromium for the admin status page.
+missing() {
+  local m=()
+  if ! command -v php >/dev/null || ! php -m 2>/dev/null | grep -qi '^pdo_sqlite$'; then
+    m+=(php-cli php-sqlite3)
   fi
+  [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || m+=(haproxy)
+  command -v chromium >/dev/null || m+=(chromium)
+  echo "${m[@]:-}"
+}
+pkgs=$(missing)
+if [ -n "$pkgs" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "check.sh: installing $pkgs" >&2
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+  pkgs=$(missing)
 fi
-if need_php; then
-  # The PHP fixture CMS is part of the suite: without it, tests would not prove anything.
-  echo "check.sh: php-cli with pdo_sqlite is required (apt-get install php-cli php-sqlite3)" >&2
+if [ -n "$pkgs" ]; then
+  # Without them tests would not prove anything: refuse rather than skip.
+  echo "check.sh: the test suite needs these Debian packages: $pkgs (apt-get install $pkgs)" >&2
   exit 1
 fi
 

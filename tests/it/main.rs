@@ -12,6 +12,7 @@ mod cluster;
 mod cms;
 mod crash;
 mod durability;
+mod haproxy;
 mod health;
 mod hygiene;
 mod lifecycle;

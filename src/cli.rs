@@ -248,12 +248,15 @@ fn load(path: &Path) -> Result<Config, String> {
 
 async fn run_node(path: &Path) -> CliResult {
     let config = load(path)?;
-    let delay = config.health.shutdown_delay;
     let node = Node::build(config).await.map_err(|e| error_chain(&e))?;
     let health = node.health();
+    let live = node.live();
     let (trigger, shutdown) = crate::shutdown::channel();
+    // SIGHUP (config reload) is handled inside the node: see `reload`.
     tokio::spawn(async move {
         crate::shutdown::signal().await;
+        // Read now, not at start: a reload may have changed it.
+        let delay = live.current().health.shutdown_delay;
         // Readiness fails first, while traffic still flows, so load balancers move away; then
         // the listeners close and in-flight requests finish (Node::run drains them).
         health.set_drained(Some("shutting down".into()));

@@ -44,10 +44,13 @@
 //! * [`compare`] — what of a response a mirror must match, and the comparison.
 //! * [`wire`] — the replication protocol's paths and messages.
 //! * [`admin`] — admin listener: liveness, the JSON API the CLI uses, Prometheus metrics.
+//! * [`access_log`] — the optional combined-format access log and its writer task.
+//! * [`reload`] — SIGHUP: re-read and validate the config, swap in the live settings
+//!   ([`reload::Live`], read by `proxy`, `capture`, `apply`, `admin`).
 //! * [`tls`] — rustls configuration.
 //! * [`cli`] — subcommands; talks to a running node only through the admin API.
 //! * [`error`] — who is to blame, and the one place errors become HTTP statuses.
-//! * [`shutdown`] — SIGTERM/SIGINT and the shutdown receiver every task holds.
+//! * [`shutdown`] — SIGTERM/SIGINT and the shutdown receiver every task holds; SIGHUP.
 //! * [`systemd`] — `Type=notify` readiness and status.
 //!
 //! # Invariants
@@ -63,6 +66,7 @@
 //!   origin; `admin` writes nothing but audited operator actions.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod access_log;
 pub mod admin;
 pub mod apply;
 pub mod blobs;
@@ -77,6 +81,7 @@ pub mod log;
 pub mod node;
 pub mod origin;
 pub mod proxy;
+pub mod reload;
 pub mod ship;
 pub mod shutdown;
 pub mod systemd;

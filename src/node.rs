@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::{self, AccessLog};
 use crate::admin::metrics::Metrics;
 use crate::admin::{self, AdminState, Health, Prober};
 use crate::apply::{self, Replication};
@@ -23,6 +24,7 @@ use crate::config::Role;
 use crate::log::{Log, LogError, Seq};
 use crate::origin::Origin;
 use crate::proxy::Proxy;
+use crate::reload::{Live, Reloader};
 use crate::ship::peer::Peer;
 use crate::ship::Shipper;
 use crate::shutdown::Shutdown;
@@ -67,6 +69,15 @@ pub enum NodeError {
     /// A TLS certificate or key is unusable.
     #[error("TLS")]
     Tls(#[from] TlsError),
+    /// The access log cannot be opened for appending.
+    #[error("cannot open the access log {path}")]
+    AccessLog {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
     /// A startup task died.
     #[error("startup task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -87,6 +98,12 @@ pub struct Node {
     shippers: Vec<Shipper>,
     /// Cached health, and the background probe that keeps it fresh.
     health: (Health, Prober),
+    /// The configuration in force (reloadable settings are read from it).
+    live: Live,
+    /// SIGHUP: re-reads the config into `live`, reopens the access log.
+    reloader: Reloader,
+    /// The access log's writer task.
+    access_log: access_log::Writer,
 }
 
 impl Node {
@@ -109,15 +126,27 @@ impl Node {
         for seq in &in_doubt {
             tracing::warn!(%seq, "entry was pending (writer) or applying (mirror) when the node stopped: now in-doubt");
         }
-        // 3. Blobs, metrics, origin, capture.
+        // 3. Blobs, metrics, the live configuration, the access log, origin, capture.
         let blobs = BlobStore::open(&data.join("blobs"))?;
         let metrics = Arc::new(Metrics::new(data.join("blobs")));
+        let live = Live::new(config.clone());
+        let log_file = match &config.public.access_log {
+            Some(path) => Some(
+                access_log::open(path).map_err(|source| NodeError::AccessLog {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let (access_log, access_writer): (AccessLog, _) =
+            access_log::channel(log_file, metrics.clone());
         let origin = Origin::new(&config.origin);
         let capture = Capture::new(
             log.clone(),
             blobs.clone(),
             origin.clone(),
-            config.capture.clone(),
+            live.clone(),
             config.compare.clone(),
             spill_dir,
             metrics.clone(),
@@ -140,15 +169,18 @@ impl Node {
         // 5. Replication: the mTLS listener, and on a writer one shipper per mirror.
         let mut shippers = Vec::new();
         let mut replication = None;
-        let mut writer_peer = None;
+        let mut writer_peer: Option<crate::admin::health::WriterPeer> = None;
         let mut forward_peer = None;
         if let Some(rc) = &config.replication {
             let server = tls::replication_server(rc)?;
             let client = tls::replication_client(rc)?;
-            // A mirror's health probe asks its writer how far ahead it is (the mirror's lag).
+            // A mirror's health probe asks its writer how far ahead it is (the mirror's lag),
+            // with `probe_timeout` (reloadable: the probe rebuilds its client when it changes).
             if let (Role::Mirror, Some(w)) = (config.node.role, &config.writer) {
-                let timeout = config.health.probe_timeout;
-                writer_peer = Some(Peer::new(&w.name, &w.url, client.clone(), timeout));
+                let (name, url, tls) = (w.name.clone(), w.url.clone(), client.clone());
+                writer_peer = Some(Box::new(move |timeout| {
+                    Peer::new(&name, &url, tls.clone(), timeout)
+                }));
                 // Client writes that reach this mirror go to the writer on their own connection.
                 forward_peer = Some(Peer::new(
                     &w.name,
@@ -181,11 +213,9 @@ impl Node {
                 blobs: blobs.clone(),
                 origin: origin.clone(),
                 compare: config.compare.clone(),
-                max_blob_bytes: config.public.max_body_bytes,
+                live: live.clone(),
                 spill_dir: data.join("tmp"),
-                max_response_buffer: config.capture.max_response_buffer,
                 capture: (config.node.role == Role::Writer).then(|| capture.clone()),
-                body_read_timeout: config.public.body_read_timeout,
                 metrics: metrics.clone(),
             });
             let listener = bind("replication", rc.listen).await?;
@@ -197,9 +227,9 @@ impl Node {
             config.node.role,
             log.clone(),
             capture.clone(),
-            &config.health,
+            live.clone(),
         );
-        let prober = Prober::new(origin.clone(), writer_peer, &config.health);
+        let prober = Prober::new(origin.clone(), writer_peer);
         let forwarder = match (forward_peer, &replication) {
             (Some(peer), Some((_, _, service))) => Some(crate::cluster::Forwarder::new(
                 peer,
@@ -208,15 +238,15 @@ impl Node {
             _ => None,
         };
         let proxy = Proxy::new(crate::proxy::Parts {
-            config: config.public.clone(),
+            live: live.clone(),
             role: config.node.role,
-            rules: config.capture.rules.clone(),
             origin,
             capture: capture.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
             node: config.node.name.clone(),
             forwarder,
+            access_log: access_log.clone(),
         });
         let admin = AdminState {
             node: config.node.name.clone(),
@@ -225,12 +255,13 @@ impl Node {
             log,
             blobs,
             capture,
-            mask_fields: config.capture.mask_fields.clone(),
+            live: live.clone(),
             shippers: shippers.clone(),
             replication: replication.as_ref().map(|(_, _, r)| r.clone()),
-            metrics,
+            metrics: metrics.clone(),
             health: health.clone(),
         };
+        let reloader = Reloader::new(live.clone(), access_log, metrics);
         Ok(Node {
             config,
             proxy,
@@ -242,6 +273,9 @@ impl Node {
             replication,
             shippers,
             health: (health, prober),
+            live,
+            reloader,
+            access_log: access_writer,
         })
     }
 
@@ -271,6 +305,11 @@ impl Node {
         self.health.0.clone()
     }
 
+    /// The configuration in force, as reloads change it.
+    pub fn live(&self) -> Live {
+        self.live.clone()
+    }
+
     /// Entries found pending at start-up and marked in-doubt.
     pub fn in_doubt(&self) -> &[Seq] {
         &self.in_doubt
@@ -287,6 +326,8 @@ impl Node {
             "copyist running"
         );
         let public = self.public_addr();
+        // Before READY: from now on SIGHUP reloads rather than kills the process.
+        let hangups = crate::shutdown::hangups();
         let mut tasks = vec![
             tokio::spawn(
                 self.proxy
@@ -311,6 +352,10 @@ impl Node {
         }
         let (health, prober) = self.health;
         tasks.push(tokio::spawn(health.probe(prober, shutdown.clone())));
+        tasks.push(tokio::spawn(self.reloader.run(hangups, shutdown.clone())));
+        tasks.push(tokio::spawn(
+            self.access_log.run(shutdown.clone(), DRAIN_GRACE),
+        ));
         crate::systemd::notify(&format!(
             "READY=1\nSTATUS=serving as {} on {public}",
             self.config.node.role.as_str()

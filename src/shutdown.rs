@@ -3,6 +3,8 @@
 //! A [`Shutdown`] is a cloneable receiver; [`Trigger::fire`] (or SIGINT/SIGTERM through
 //! [`signal`]) tells every holder to stop taking new work. Tasks only check it between steps, so a
 //! durability-critical step (flush after `Pending`, flush after `Accepted`) is never cut in half.
+//!
+//! SIGHUP is not a shutdown: [`hangups`] hands it to `reload`.
 
 use tokio::sync::watch;
 
@@ -54,6 +56,37 @@ pub async fn signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
         _ = int.recv() => tracing::info!("received SIGINT, shutting down"),
+    }
+}
+
+/// SIGHUP deliveries (a config reload, see `reload`).
+#[derive(Debug)]
+pub struct Hangups(Option<tokio::signal::unix::Signal>);
+
+/// Starts listening for SIGHUP. Call it before the node says it is ready: from then on a HUP
+/// reloads instead of killing the process (SIGHUP's default action).
+pub fn hangups() -> Hangups {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Hangups(Some(s)),
+        Err(error) => {
+            tracing::error!(%error, "cannot install a SIGHUP handler; config reload is unavailable");
+            Hangups(None)
+        }
+    }
+}
+
+impl Hangups {
+    /// Resolves at the next SIGHUP (never, without a handler).
+    pub async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(s) => {
+                if s.recv().await.is_none() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! systemd `Type=notify` support: `READY=1` once the node serves, `STATUS=…` lines, and
-//! `STOPPING=1` when it begins to shut down. Written to the datagram socket systemd names in
+//! systemd `Type=notify` support: `READY=1` once the node serves, `STATUS=…` lines,
+//! `RELOADING=1` … `READY=1` around a config reload ([`reloading`]), and `STOPPING=1` when it
+//! begins to shut down. Written to the datagram socket systemd names in
 //! `NOTIFY_SOCKET` (a path, or an abstract name starting with `@`); without it, nothing happens.
 
 use std::os::unix::net::UnixDatagram;
@@ -24,4 +25,13 @@ pub fn notify(message: &str) {
     if let Err(error) = result {
         tracing::warn!(%error, "cannot notify systemd");
     }
+}
+
+/// Tells systemd a reload began (`RELOADING=1`, with the `MONOTONIC_USEC` it wants to order
+/// reloads by); follow it with `READY=1` when done.
+pub fn reloading() {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let usec = u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000;
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
 }

@@ -38,8 +38,9 @@ pub struct AdminState {
     pub blobs: BlobStore,
     /// The capture pipeline, for its fail-closed latch.
     pub capture: Capture,
-    /// Form-field name patterns whose values are masked.
-    pub mask_fields: Vec<String>,
+    /// The configuration in force, for `[capture] mask_fields` (form-field name patterns whose
+    /// values are masked; reloadable).
+    pub live: crate::reload::Live,
     /// The writer's shippers, one per mirror (empty on a mirror).
     pub shippers: Vec<Shipper>,
     /// The replication service, when configured (its state: applied seq, halt).
@@ -241,7 +242,13 @@ pub async fn show(state: &AdminState, seq: &str) -> Response<ProxyBody> {
     };
     let log = state.log.clone();
     match tokio::task::spawn_blocking(move || log.get(Seq(seq))).await {
-        Ok(Ok(Some(entry))) => json_response(StatusCode::OK, &detail(&entry, &state.mask_fields)),
+        Ok(Ok(Some(entry))) => {
+            let settings = state.live.current();
+            json_response(
+                StatusCode::OK,
+                &detail(&entry, &settings.capture.mask_fields),
+            )
+        }
         Ok(Ok(None)) => text_response(StatusCode::NOT_FOUND, format!("no entry {seq}\n")),
         Ok(Err(e)) => server_error(&e),
         Err(e) => server_error(&e),

@@ -25,8 +25,10 @@
 //!
 //! The probe is the only I/O here, and it only reads: a GET to the local CMS, `GET state` to the
 //! writer, and whether the maintenance file exists.
+//!
+//! `[health]` is read from [`Live`] at each answer and each probe round, so a reload applies
+//! without a restart (a new `maintenance_file` or `probe_interval` from the next round).
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -37,10 +39,11 @@ use serde::{Deserialize, Serialize};
 use super::actions::ActionRequest;
 use super::api::AdminState;
 use crate::capture::Capture;
-use crate::config::{HealthConfig, Role};
+use crate::config::Role;
 use crate::error::{error_chain, full, json_response, text_response, ProxyBody};
 use crate::log::{Halt, Log};
 use crate::origin::Origin;
+use crate::reload::Live;
 use crate::ship::peer::Peer;
 use crate::shutdown::Shutdown;
 
@@ -157,8 +160,8 @@ struct Inner {
     role: Role,
     log: Log,
     capture: Capture,
-    drain_status: StatusCode,
-    maintenance_file: Option<PathBuf>,
+    /// `[health]` in force: `drain_status`, `maintenance_file` (reloadable).
+    live: Live,
     /// Whether `maintenance_file` existed at the last probe.
     maintenance: AtomicBool,
     /// `copyist drain`'s reason and author, until `undrain` (not kept across restarts: the
@@ -211,21 +214,14 @@ enum Verdict {
 
 impl Health {
     /// The health state of one node; unhealthy until the first probe has answered.
-    pub fn new(
-        node: &str,
-        role: Role,
-        log: Log,
-        capture: Capture,
-        config: &HealthConfig,
-    ) -> Health {
+    pub fn new(node: &str, role: Role, log: Log, capture: Capture, live: Live) -> Health {
         Health {
             inner: Arc::new(Inner {
                 node: node.to_owned(),
                 role,
                 log,
                 capture,
-                drain_status: config.drain_status,
-                maintenance_file: config.maintenance_file.clone(),
+                live,
                 maintenance: AtomicBool::new(false),
                 drained: Mutex::new(None),
                 origin: Mutex::new(OriginProbe::default()),
@@ -284,7 +280,7 @@ impl Health {
         let (status, reason) = match verdict {
             Verdict::Pass => (StatusCode::OK, None),
             Verdict::Fail(why) => (StatusCode::SERVICE_UNAVAILABLE, Some(why)),
-            Verdict::Draining(why) => (self.inner.drain_status, Some(why)),
+            Verdict::Draining(why) => (self.inner.live.current().health.drain_status, Some(why)),
         };
         view.reason = reason;
         (status, view)
@@ -301,7 +297,8 @@ impl Health {
         if let Some(why) = lock(&self.inner.drained).clone() {
             return Some(format!("draining: {why}"));
         }
-        match &self.inner.maintenance_file {
+        let settings = self.inner.live.current();
+        match &settings.health.maintenance_file {
             Some(path) if self.inner.maintenance.load(Ordering::Acquire) => Some(format!(
                 "draining: maintenance file {} exists",
                 path.display()
@@ -367,18 +364,30 @@ impl Health {
 
     /// Probes until shutdown: at once, then every `probe_interval`. A round that outlives
     /// shutdown is abandoned (it only reads).
-    pub async fn probe(self, prober: Prober, mut shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(prober.interval);
+    pub async fn probe(self, mut prober: Prober, mut shutdown: Shutdown) {
+        let mut interval = self.inner.live.current().health.probe_interval;
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = shutdown.recv() => return,
             }
+            let settings = self.inner.live.current();
+            let health = &settings.health;
+            if health.probe_interval != interval {
+                // Reloaded: the next round is one new interval from now.
+                interval = health.probe_interval;
+                let next = tokio::time::Instant::now() + interval;
+                tick = tokio::time::interval_at(next, interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            prober.configure(&health.probe_path, health.probe_timeout);
+            let prober = &prober;
             let round = async {
                 tokio::join!(
-                    self.probe_origin(&prober),
-                    self.probe_writer(&prober),
+                    self.probe_origin(prober),
+                    self.probe_writer(prober),
                     self.check_maintenance()
                 )
             };
@@ -440,7 +449,8 @@ impl Health {
     }
 
     async fn check_maintenance(&self) {
-        let Some(path) = &self.inner.maintenance_file else {
+        let settings = self.inner.live.current();
+        let Some(path) = &settings.health.maintenance_file else {
             return;
         };
         let exists = tokio::fs::metadata(path).await.is_ok();
@@ -455,27 +465,43 @@ impl Health {
     }
 }
 
-/// What the background probe asks, and how often.
+/// Builds the client for the writer's replication listener with a given request timeout.
+pub type WriterPeer = Box<dyn Fn(Duration) -> Peer + Send + Sync>;
+
+/// What the background probe asks, and how.
 pub struct Prober {
     origin: Origin,
+    /// Builds the writer's client (mirror only); rebuilt when `probe_timeout` changes.
+    make_writer: Option<WriterPeer>,
     /// The writer's replication listener (mirror only), asked for its last sequence number.
     writer: Option<Peer>,
     path: String,
-    interval: Duration,
     timeout: Duration,
 }
 
 impl Prober {
-    /// Probes `origin` (and, on a mirror, `writer`) as `config` says. `writer`'s own request
-    /// timeout should be `config.probe_timeout`.
-    pub fn new(origin: Origin, writer: Option<Peer>, config: &HealthConfig) -> Prober {
+    /// Probes `origin` (and, on a mirror, the writer, through a client `make_writer` builds) as
+    /// `[health]` in force says at each round.
+    pub fn new(origin: Origin, make_writer: Option<WriterPeer>) -> Prober {
         Prober {
             origin,
-            writer,
-            path: config.probe_path.clone(),
-            interval: config.probe_interval,
-            timeout: config.probe_timeout,
+            make_writer,
+            writer: None,
+            path: String::new(),
+            timeout: Duration::ZERO,
         }
+    }
+
+    /// Takes the `[health]` settings in force; the writer's client is rebuilt when its
+    /// timeout changed (its own timeouts bound every step, and resets a stuck connection).
+    fn configure(&mut self, path: &str, timeout: Duration) {
+        if self.path != path {
+            self.path = path.to_owned();
+        }
+        if self.writer.is_none() || self.timeout != timeout {
+            self.writer = self.make_writer.as_ref().map(|make| make(timeout));
+        }
+        self.timeout = timeout;
     }
 }
 

@@ -170,6 +170,8 @@ pub struct Metrics {
     reload_success: AtomicBool,
     /// When the config was last loaded successfully (Unix ms).
     reload_unix_ms: AtomicU64,
+    /// Access log lines dropped because the writer fell behind (or failed to write).
+    access_log_dropped: AtomicU64,
     /// The blob store's directory, walked for `copyist_blob_bytes`.
     blob_dir: PathBuf,
     /// Last computed blob store size and when it was computed. A tokio mutex: held across the
@@ -188,6 +190,7 @@ impl Metrics {
             skips: AtomicU64::new(0),
             reload_success: AtomicBool::new(true),
             reload_unix_ms: AtomicU64::new(crate::capture::unix_ms()),
+            access_log_dropped: AtomicU64::new(0),
             blob_dir,
             blob_bytes: tokio::sync::Mutex::new(None),
         }
@@ -228,6 +231,17 @@ impl Metrics {
                 .store(crate::capture::unix_ms(), Ordering::Relaxed);
         }
         self.reload_success.store(success, Ordering::Relaxed);
+    }
+
+    /// Counts access log lines that were not written: the queue to the writer was full, or
+    /// the write failed.
+    pub fn access_log_dropped(&self, lines: u64) {
+        self.access_log_dropped.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// Access log lines dropped so far.
+    pub fn access_log_dropped_total(&self) -> u64 {
+        self.access_log_dropped.load(Ordering::Relaxed)
     }
 
     /// The blob store's total size: recomputed (off the runtime) when older than
@@ -303,6 +317,11 @@ impl Metrics {
             "copyist_config_reload_timestamp_seconds",
             "When the configuration in use was loaded (Unix time).",
             Float(self.reload_unix_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+        );
+        out.counter(
+            "copyist_access_log_dropped_total",
+            "Access log lines dropped because the log writer fell behind or could not write.",
+            self.access_log_dropped.load(Ordering::Relaxed),
         );
         out.family(
             "copyist_build_info",

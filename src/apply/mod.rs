@@ -72,11 +72,11 @@ struct Inner {
     blobs: BlobStore,
     origin: Origin,
     compare: CompareConfig,
-    max_blob_bytes: u64,
+    /// `[public] max_body_bytes` (largest blob a peer may push, largest forwarded write),
+    /// `body_read_timeout` and `[capture] max_response_buffer`, in force (reloadable).
+    live: crate::reload::Live,
     spill_dir: PathBuf,
-    max_response_buffer: u64,
     capture: Option<crate::capture::Capture>,
-    body_read_timeout: Duration,
     /// One apply at a time: the mirror's CMS sees replays in log order.
     apply_lock: Mutex<()>,
     /// The applied sequence number, for early entries waiting their turn.
@@ -100,18 +100,17 @@ pub struct Parts {
     pub origin: Origin,
     /// How replay outcomes are compared.
     pub compare: CompareConfig,
-    /// Largest blob a peer may push.
-    pub max_blob_bytes: u64,
+    /// The configuration in force: `[public] max_body_bytes` bounds a pushed blob and a
+    /// forwarded write, `[public] body_read_timeout` a forwarded write's body, and
+    /// `[capture] max_response_buffer` how much of a replay response stays in memory (and
+    /// can be compared field by field).
+    pub live: crate::reload::Live,
     /// Where large replay responses spill.
     pub spill_dir: PathBuf,
-    /// Replay responses up to this stay in memory (and can be compared field by field).
-    pub max_response_buffer: u64,
     /// Where replay latency, halts and skips are counted.
     pub metrics: Arc<Metrics>,
     /// On the writer: the capture pipeline that takes writes forwarded by mirrors.
     pub capture: Option<crate::capture::Capture>,
-    /// Longest silence between two chunks of a forwarded write's body.
-    pub body_read_timeout: Duration,
 }
 
 impl Replication {
@@ -127,11 +126,9 @@ impl Replication {
                 blobs: p.blobs,
                 origin: p.origin,
                 compare: p.compare,
-                max_blob_bytes: p.max_blob_bytes,
+                live: p.live,
                 spill_dir: p.spill_dir,
-                max_response_buffer: p.max_response_buffer,
                 capture: p.capture,
-                body_read_timeout: p.body_read_timeout,
                 apply_lock: Mutex::new(()),
                 applied,
                 metrics: p.metrics,
@@ -280,10 +277,11 @@ impl Replication {
             client_addr: client,
             request_id: head.request_id,
         };
+        let settings = self.inner.live.current();
         let body = GuardedBody::new(
             req.into_body(),
-            self.inner.max_blob_bytes,
-            self.inner.body_read_timeout,
+            settings.public.max_body_bytes,
+            settings.public.body_read_timeout,
         );
         match capture.capture(request, body).await {
             Ok(resp) => resp,
@@ -324,7 +322,8 @@ impl Replication {
         let Ok(want) = hash.parse::<crate::blobs::BlobHash>() else {
             return text_response(StatusCode::BAD_REQUEST, "64 hex digits expected\n");
         };
-        let body = GuardedBody::new(body, self.inner.max_blob_bytes, Duration::from_secs(30));
+        let max = self.inner.live.current().public.max_body_bytes;
+        let body = GuardedBody::new(body, max, Duration::from_secs(30));
         match spool::spool(body, &self.inner.blobs, 0).await {
             Ok(stored) if stored.hash == want && matches!(stored.stored, Stored::Blob(_)) => {
                 text_response(StatusCode::CREATED, "")
@@ -622,7 +621,8 @@ impl Replication {
         let deadline = inner.origin.response_timeout();
         let exchange = async {
             let resp = inner.origin.send(req).await?;
-            response::collect(resp, inner.max_response_buffer, &inner.spill_dir).await
+            let max = inner.live.current().capture.max_response_buffer;
+            response::collect(resp, max, &inner.spill_dir).await
         };
         match tokio::time::timeout(deadline, exchange).await {
             Ok(result) => result,

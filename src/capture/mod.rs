@@ -12,6 +12,9 @@
 //!
 //! Fail closed: once the log or the blob store fails to write, every later captured request is
 //! refused with 503 without reaching the origin, until restart. GETs are not affected.
+//!
+//! `[capture]` is read from [`Live`] once per captured request, so a reload applies to the
+//! next one.
 
 pub mod multipart;
 pub mod spool;
@@ -36,6 +39,7 @@ use crate::error::{full, Blame, BoxError, HttpError, ProxyBody};
 use crate::log::{BodyRef, Event, Log, LogError, Outcome, RequestRecord, Seq};
 use crate::origin::response::{self, Collected};
 use crate::origin::{Origin, OriginError};
+use crate::reload::Live;
 use spool::{SpoolError, Stored, StoredBody};
 
 /// Why a captured request was not completed.
@@ -144,7 +148,8 @@ struct Inner {
     log: Log,
     blobs: BlobStore,
     origin: Origin,
-    config: CaptureConfig,
+    /// `[capture]` in force (reloadable).
+    live: Live,
     /// What of a response mirrors must match: recorded with the outcome.
     compare: CompareConfig,
     /// Where response bodies larger than `max_response_buffer` are spilled.
@@ -162,7 +167,7 @@ impl Capture {
         log: Log,
         blobs: BlobStore,
         origin: Origin,
-        config: CaptureConfig,
+        live: Live,
         compare: CompareConfig,
         spill_dir: PathBuf,
         metrics: Arc<Metrics>,
@@ -172,7 +177,7 @@ impl Capture {
                 log,
                 blobs,
                 origin,
-                config,
+                live,
                 compare,
                 spill_dir,
                 write_lock: Mutex::new(()),
@@ -202,18 +207,23 @@ impl Capture {
             return Err(CaptureError::FailClosed);
         }
         let received = Instant::now();
+        // One snapshot for the whole request: a reload meanwhile applies to the next one.
+        let settings = inner.live.current();
         // Step 1, before the lock: a slow upload never blocks other writers.
-        let body = spool::spool(body, &inner.blobs, inner.config.inline_body_max)
+        let body = spool::spool(body, &inner.blobs, settings.capture.inline_body_max)
             .await
             .map_err(|e| self.latch_spool(e))?;
-        let record = self.record(&req, &body).await;
+        let record = self.record(&req, &body, &settings.capture).await;
         // Steps 2-4 run in their own task: a client that disconnects now must not cancel them
         // half-way (a Pending entry left behind would block shipping, an origin answer would go
         // unrecorded). The task finishes and settles whatever happens to the connection.
         let this = self.clone();
         let span = tracing::Span::current();
         let commit = tokio::spawn(tracing::Instrument::instrument(
-            async move { this.commit(req, body, record, received).await },
+            async move {
+                this.commit(req, body, record, received, &settings.capture)
+                    .await
+            },
             span,
         ));
         commit.await.map_err(CaptureError::Task)?
@@ -226,6 +236,7 @@ impl Capture {
         body: StoredBody,
         record: RequestRecord,
         received: Instant,
+        config: &CaptureConfig,
     ) -> Result<Response<ProxyBody>, CaptureError> {
         let inner = &self.inner;
         // Step 2: the lock is held until the outcome is durable, so log order = origin order.
@@ -238,7 +249,7 @@ impl Capture {
         tracing::Span::current().record("seq", seq.0);
         // Step 4.
         let started = Instant::now();
-        let result = self.forward(&req, &body).await;
+        let result = self.forward(&req, &body, config.max_response_buffer).await;
         if result.is_ok() {
             inner
                 .metrics
@@ -251,7 +262,7 @@ impl Capture {
             Ok(c) => crate::compare::observe(rule, c.memory.as_deref()),
             Err(_) => crate::compare::Observed::default(),
         };
-        let (event, outcome, answer) = settle_decision(&inner.config, result, observed, started);
+        let (event, outcome, answer) = settle_decision(config, result, observed, started);
         let state = self.settle(seq, event, outcome).await?;
         drop(_lock);
         inner.metrics.observe_capture(received.elapsed());
@@ -263,7 +274,12 @@ impl Capture {
     }
 
     /// Builds the log record: request line, cleaned headers, body reference, multipart index.
-    async fn record(&self, req: &CaptureRequest, body: &StoredBody) -> RequestRecord {
+    async fn record(
+        &self,
+        req: &CaptureRequest,
+        body: &StoredBody,
+        config: &CaptureConfig,
+    ) -> RequestRecord {
         let inner = &self.inner;
         let content_type = req
             .headers
@@ -276,8 +292,8 @@ impl Capture {
                     body,
                     b,
                     &inner.blobs,
-                    &inner.config.multipart,
-                    &inner.config.mask_fields,
+                    &config.multipart,
+                    &config.mask_fields,
                 )
                 .await,
             ),
@@ -338,6 +354,7 @@ impl Capture {
         &self,
         req: &CaptureRequest,
         body: &StoredBody,
+        max_response_buffer: u64,
     ) -> Result<Collected, OriginError> {
         let inner = &self.inner;
         let payload: ProxyBody = match &body.stored {
@@ -364,7 +381,7 @@ impl Capture {
         let deadline = inner.origin.response_timeout();
         let exchange = async {
             let resp = inner.origin.send(out).await?;
-            response::collect(resp, inner.config.max_response_buffer, &inner.spill_dir).await
+            response::collect(resp, max_response_buffer, &inner.spill_dir).await
         };
         match tokio::time::timeout(deadline, exchange).await {
             Ok(result) => result,

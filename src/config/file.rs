@@ -86,6 +86,7 @@ pub(super) struct FilePublic {
     pub(super) max_header_bytes: Key<Scalar>,
     pub(super) max_headers: Key<i64>,
     pub(super) max_body_bytes: Key<Scalar>,
+    pub(super) access_log: Key<String>,
 }
 
 /// `[origin]`.
@@ -256,6 +257,7 @@ impl FilePublic {
             max_header_bytes: r.value("max_header_bytes", SIZE, scalar),
             max_headers: r.value("max_headers", COUNT, integer),
             max_body_bytes: r.value("max_body_bytes", SIZE, scalar),
+            access_log: r.value("access_log", PATH, string),
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct PublicConfig {
     pub max_headers: usize,
     /// Largest request body accepted. At least 1.
     pub max_body_bytes: u64,
+    /// Where one line per request is appended in the combined log format; `None`: no access
+    /// log. Relative paths in the file are resolved against the config file's directory.
+    pub access_log: Option<PathBuf>,
 }
 
 /// PEM files for the public listener's TLS. Relative paths in the file are resolved against the
@@ -332,6 +335,7 @@ impl PublicConfig {
             max_header_bytes: defaults::MAX_HEADER_BYTES,
             max_headers: defaults::MAX_HEADERS,
             max_body_bytes: defaults::MAX_BODY_BYTES,
+            access_log: None,
         }
     }
 }

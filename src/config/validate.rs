@@ -104,6 +104,7 @@ fn public(f: FilePublic, dir: &Path, p: &mut Problems) -> Option<PublicConfig> {
     let max_header_bytes = optional(f.max_header_bytes, d::MAX_HEADER_BYTES, p, header_bytes);
     let max_headers = optional(f.max_headers, d::MAX_HEADERS, p, |n| count(n, 1));
     let max_body_bytes = optional(f.max_body_bytes, d::MAX_BODY_BYTES, p, nonzero_size);
+    let access_log = optional(f.access_log, None, p, |s| path_in(dir, s).map(Some));
     Some(PublicConfig {
         listen: listen?,
         tls: tls?,
@@ -113,6 +114,7 @@ fn public(f: FilePublic, dir: &Path, p: &mut Problems) -> Option<PublicConfig> {
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
         max_body_bytes: max_body_bytes?,
+        access_log: access_log?,
     })
 }
 

@@ -109,6 +109,16 @@ pub fn set_forwarded(
     client
 }
 
+/// The real client address of a request from `peer`: what [`set_forwarded`] returns, without
+/// touching the headers (for the access log, before the headers are cleaned).
+pub fn client_addr(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical(peer);
+    if !is_trusted(peer, trusted) {
+        return peer;
+    }
+    real_client(&forwarded_chain(headers), peer, trusted)
+}
+
 /// The addresses in the (already trusted) `X-Forwarded-For` headers, in order. Entries that are
 /// not IP addresses are dropped rather than passed on.
 fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
@@ -218,7 +228,14 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9, 10.1.1.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        let client = set_forwarded(&mut h, "10.0.0.2".parse().unwrap(), false, &trusted);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        // The access log's address is the one the CMS is told.
+        assert_eq!(
+            client_addr(&h, peer, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_addr(&h, peer, &[]), peer);
+        let client = set_forwarded(&mut h, peer, false, &trusted);
         assert_eq!(client, "203.0.113.9".parse::<IpAddr>().unwrap());
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -3,6 +3,12 @@
 //! reserved endpoints.
 //!
 //! It decides nothing about durability (that is `capture`) and never touches the log directly.
+//!
+//! Its settings (`[public]` limits and timeouts, `[[capture.rule]]`s) are read from
+//! [`Live`] once per request, and hyper's own limits once per new connection, so a SIGHUP
+//! reload applies to the next request (or connection) without a restart. With
+//! `[public] access_log` set, every request is followed to the end of its response body by an
+//! [`access_log::Entry`].
 
 pub mod classify;
 pub mod headers;
@@ -24,13 +30,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::{self, AccessLog};
 use crate::admin::metrics::{Action, Metrics, PathKind};
 use crate::admin::Health;
 use crate::body::GuardedBody;
 use crate::capture::{Capture, CaptureError, CaptureRequest};
-use crate::config::{PublicConfig, Role, Rule};
+use crate::config::{Config, PublicConfig, Role};
 use crate::error::{error_response, text_response, Blame, HttpError, ProxyBody};
 use crate::origin::{Origin, OriginError};
+use crate::reload::Live;
 use crate::shutdown::Shutdown;
 use classify::{classify, Route, RESERVED_PREFIX};
 
@@ -130,9 +138,9 @@ pub struct Proxy {
 }
 
 struct Inner {
-    config: PublicConfig,
+    /// `[public]` and `[[capture.rule]]`s in force (reloadable).
+    live: Live,
     role: Role,
-    rules: Vec<Rule>,
     origin: Origin,
     capture: Capture,
     metrics: Arc<Metrics>,
@@ -143,6 +151,8 @@ struct Inner {
     /// Prefix of request ids: node name and start time, so ids stay unique across restarts.
     id_prefix: String,
     next_id: AtomicU64,
+    /// Where request lines go when `[public] access_log` is set.
+    access_log: AccessLog,
 }
 
 /// What the listener knows about a connection.
@@ -154,12 +164,10 @@ struct Conn {
 
 /// What a [`Proxy`] is built from.
 pub struct Parts {
-    /// `[public]`.
-    pub config: PublicConfig,
+    /// The configuration in force: `[public]` and `[[capture.rule]]`s are read from it.
+    pub live: Live,
     /// This node's role (a mirror refuses client writes).
     pub role: Role,
-    /// `[[capture.rule]]`s.
-    pub rules: Vec<Rule>,
     /// The local CMS.
     pub origin: Origin,
     /// The capture pipeline.
@@ -172,6 +180,8 @@ pub struct Parts {
     pub node: String,
     /// On a mirror: where client writes go (the writer).
     pub forwarder: Option<crate::cluster::Forwarder>,
+    /// The access log (written only while `[public] access_log` is set).
+    pub access_log: AccessLog,
 }
 
 impl Proxy {
@@ -183,9 +193,8 @@ impl Proxy {
             .unwrap_or(0);
         Proxy {
             inner: Arc::new(Inner {
-                config: p.config,
+                live: p.live,
                 role: p.role,
-                rules: p.rules,
                 origin: p.origin,
                 capture: p.capture,
                 metrics: p.metrics,
@@ -193,6 +202,7 @@ impl Proxy {
                 forwarder: p.forwarder,
                 id_prefix: format!("{}-{started:x}", p.node),
                 next_id: AtomicU64::new(1),
+                access_log: p.access_log,
             }),
         }
     }
@@ -207,11 +217,10 @@ impl Proxy {
         grace: Duration,
     ) {
         let graceful = GracefulShutdown::new();
-        let http = self.connection_builder();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.spawn_connection(&http, &graceful, stream, peer, tls.clone()),
+                    Ok((stream, peer)) => self.spawn_connection(&graceful, stream, peer, tls.clone()),
                     Err(error) => {
                         tracing::warn!(%error, "accept failed");
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -232,10 +241,11 @@ impl Proxy {
         }
     }
 
-    /// hyper's connection settings. The timer matters: without one hyper silently ignores
-    /// `header_read_timeout`, and slow-header clients would hold connections forever.
-    fn connection_builder(&self) -> auto::Builder<TokioExecutor> {
-        let c = &self.inner.config;
+    /// hyper's connection settings, built per connection from the settings in force (a few
+    /// fields; cheap), so a reload applies to new connections. The timer matters: without one
+    /// hyper silently ignores `header_read_timeout`, and slow-header clients would hold
+    /// connections forever.
+    fn connection_builder(c: &PublicConfig) -> auto::Builder<TokioExecutor> {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -256,7 +266,6 @@ impl Proxy {
 
     fn spawn_connection(
         &self,
-        http: &auto::Builder<TokioExecutor>,
         graceful: &GracefulShutdown,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
@@ -272,8 +281,9 @@ impl Proxy {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
         });
-        let handshake_timeout = self.inner.config.header_read_timeout;
-        let http = http.clone();
+        let settings = self.inner.live.current();
+        let handshake_timeout = settings.public.header_read_timeout;
+        let http = Self::connection_builder(&settings.public);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let result =
@@ -308,14 +318,26 @@ impl Proxy {
         });
     }
 
-    /// Outer handler: every error becomes exactly one logged, synthetic response.
+    /// Outer handler: every error becomes exactly one logged, synthetic response; with an
+    /// access log, every answer (or a client gone before it) becomes one line.
     async fn handle(&self, req: Request<Incoming>, conn: Conn) -> Response<ProxyBody> {
-        match self.handle_inner(req, conn).await {
+        // One snapshot per request: a reload in the middle never mixes two configurations.
+        let settings = self.inner.live.current();
+        let entry = settings.public.access_log.is_some().then(|| {
+            let trusted = &settings.public.trusted_proxies;
+            let client = headers::client_addr(req.headers(), conn.peer.ip(), trusted);
+            access_log::Entry::new(&self.inner.access_log, &req, client)
+        });
+        let resp = match self.handle_inner(req, conn, &settings).await {
             Ok(resp) => resp,
             Err(err) => {
                 self.inner.metrics.request(err.action());
                 error_response(&err)
             }
+        };
+        match entry {
+            Some(entry) => entry.attach(resp),
+            None => resp,
         }
     }
 
@@ -323,8 +345,9 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: Conn,
+        settings: &Config,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let c = &self.inner.config;
+        let c = &settings.public;
         let (mut parts, body) = req.into_parts();
         check_framing(&parts.headers)?;
         if header_bytes(&parts.headers) > c.max_header_bytes {
@@ -345,7 +368,7 @@ impl Proxy {
             .map(|p| p.as_str())
             .unwrap_or("/")
             .to_string();
-        let route = classify(&parts.method, parts.uri.path(), &self.inner.rules);
+        let route = classify(&parts.method, parts.uri.path(), &settings.capture.rules);
         match route {
             Route::Reserved => {
                 self.inner.metrics.request(Action::Reserved);
@@ -360,7 +383,8 @@ impl Proxy {
             Route::PassThrough | Route::Capture => {}
         }
         let request_id = self.next_request_id();
-        let (headers, client) = self.origin_headers(&mut parts, host, conn, &request_id);
+        let (headers, client) =
+            self.origin_headers(&mut parts, host, conn, &c.trusted_proxies, &request_id);
         let body = GuardedBody::new(body, c.max_body_bytes, c.body_read_timeout);
         if let (Route::Capture, Some(forwarder)) = (route, &self.inner.forwarder) {
             let head = crate::wire::ForwardHead {
@@ -411,6 +435,7 @@ impl Proxy {
         parts: &mut RequestParts,
         host: Option<HeaderValue>,
         conn: Conn,
+        trusted: &[ipnet::IpNet],
         request_id: &str,
     ) -> (HeaderMap, std::net::IpAddr) {
         let mut h = std::mem::take(&mut parts.headers);
@@ -424,12 +449,7 @@ impl Proxy {
         if parts.version == Version::HTTP_2 {
             join_cookies(&mut h);
         }
-        let client = headers::set_forwarded(
-            &mut h,
-            conn.peer.ip(),
-            conn.tls,
-            &self.inner.config.trusted_proxies,
-        );
+        let client = headers::set_forwarded(&mut h, conn.peer.ip(), conn.tls, trusted);
         if let Ok(id) = HeaderValue::from_str(request_id) {
             h.insert("x-copyist-request-id", id);
         }

@@ -1,5 +1,6 @@
-//! Running under a supervisor: systemd `Type=notify` readiness, and SIGTERM draining first
-//! (readiness fails while the node still serves), then a clean exit.
+//! Running under a supervisor: systemd `Type=notify` readiness, `RELOADING=1` … `READY=1`
+//! around a SIGHUP reload, and SIGTERM draining first (readiness fails while the node still
+//! serves), then a clean exit.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
@@ -60,6 +61,22 @@ async fn notifies_systemd_and_drains_before_it_stops_on_sigterm() {
         .unwrap();
     let admin = Client::new(admin);
     crate::assert_eventually!(admin.get("/readiness").await.status == 200, "never ready");
+
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let reloading = tokio::task::block_in_place(|| recv(&socket));
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let reloaded = tokio::task::block_in_place(|| recv(&socket));
+    assert!(
+        reloaded.starts_with("READY=1\nSTATUS=configuration reloaded"),
+        "{reloaded}"
+    );
+    assert_eq!(child.try_wait().unwrap(), None, "SIGHUP stopped the node");
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

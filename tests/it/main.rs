@@ -18,5 +18,6 @@ mod hygiene;
 mod lifecycle;
 mod metrics;
 mod passthrough;
+mod reload;
 mod replication_auth;
 mod tls;

@@ -35,7 +35,8 @@
 //! * [`proxy`] — public listener, request checks, classification, header hygiene, pass-through.
 //! * [`body`] — reading a client body with a size limit and an idle deadline.
 //! * [`capture`] — the capture pipeline and its write lock; fail-closed latch.
-//! * [`cluster`] — writes that reach a mirror: forwarded to the writer, read-your-writes.
+//! * [`cluster`] — what a mirror sends to its writer (writes, writer paths, writer affinity),
+//!   read-your-writes, the affinity cookie.
 //! * [`log`] — the durable log (the only module that names sled).
 //! * [`blobs`] — content-addressed blob files (the only module that touches the blob dir).
 //! * [`origin`] — pooled client to the local CMS, every origin timeout, response collection.

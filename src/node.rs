@@ -185,6 +185,7 @@ impl Node {
                 spill_dir: data.join("tmp"),
                 max_response_buffer: config.capture.max_response_buffer,
                 capture: (config.node.role == Role::Writer).then(|| capture.clone()),
+                rules: config.capture.rules.clone(),
                 body_read_timeout: config.public.body_read_timeout,
                 metrics: metrics.clone(),
             });
@@ -200,11 +201,10 @@ impl Node {
             &config.health,
         );
         let prober = Prober::new(origin.clone(), writer_peer, &config.health);
-        let forwarder = match (forward_peer, &replication) {
-            (Some(peer), Some((_, _, service))) => Some(crate::cluster::Forwarder::new(
-                peer,
-                service.applied_watch(),
-            )),
+        let forwarder = match (forward_peer, &replication, &config.writer) {
+            (Some(peer), Some((_, _, service)), Some(writer)) => Some(
+                crate::cluster::Forwarder::new(peer, service.applied_watch(), writer),
+            ),
             _ => None,
         };
         let proxy = Proxy::new(crate::proxy::Parts {

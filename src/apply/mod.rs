@@ -41,10 +41,12 @@ use crate::admin::metrics::{Metrics, PathKind};
 use crate::blobs::BlobStore;
 use crate::body::GuardedBody;
 use crate::capture::spool::{self, Stored};
-use crate::config::{CompareConfig, Role};
+use crate::config::{CompareConfig, Role, Rule};
 use crate::error::{full, json_response, text_response, BoxError, ProxyBody};
 use crate::log::{AuditRecord, BodyRef, Entry, EntryState, Halt, Log, LogError, Outcome, Seq};
 use crate::origin::{response, Origin, OriginError};
+use crate::proxy::classify::{classify, Route};
+use crate::proxy::passthrough;
 use crate::shutdown::Shutdown;
 use crate::wire::{self, ApplyAnswer, Control, Gap, PeerState};
 
@@ -76,6 +78,8 @@ struct Inner {
     spill_dir: PathBuf,
     max_response_buffer: u64,
     capture: Option<crate::capture::Capture>,
+    /// On the writer: its `[[capture.rule]]`s, which classify forwarded requests.
+    rules: Vec<Rule>,
     body_read_timeout: Duration,
     /// One apply at a time: the mirror's CMS sees replays in log order.
     apply_lock: Mutex<()>,
@@ -110,6 +114,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// On the writer: the capture pipeline that takes writes forwarded by mirrors.
     pub capture: Option<crate::capture::Capture>,
+    /// This node's `[[capture.rule]]`s: on the writer they classify forwarded requests.
+    pub rules: Vec<Rule>,
     /// Longest silence between two chunks of a forwarded write's body.
     pub body_read_timeout: Duration,
 }
@@ -131,6 +137,7 @@ impl Replication {
                 spill_dir: p.spill_dir,
                 max_response_buffer: p.max_response_buffer,
                 capture: p.capture,
+                rules: p.rules,
                 body_read_timeout: p.body_read_timeout,
                 apply_lock: Mutex::new(()),
                 applied,
@@ -241,8 +248,11 @@ impl Replication {
         }
     }
 
-    /// A client's write forwarded by a mirror: through this writer's capture pipeline exactly
-    /// as if the client had come here (the mirror already cleaned its headers).
+    /// A client's request forwarded by a mirror, handled exactly as if the client had come
+    /// here (the mirror already cleaned its headers): this writer's own rules decide. A write
+    /// goes through the capture pipeline; a read (a writer path, a client with writer
+    /// affinity) streams to this CMS and back, unrecorded. Reserved paths and refused methods
+    /// never reach the CMS.
     async fn forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let Some(capture) = self.inner.capture.clone() else {
             return text_response(StatusCode::FORBIDDEN, "this node is not the writer\n");
@@ -272,6 +282,44 @@ impl Replication {
                 headers.append(n, v);
             }
         }
+        let path = head.target.split('?').next().unwrap_or("/");
+        let body = GuardedBody::new(
+            req.into_body(),
+            self.inner.max_blob_bytes,
+            self.inner.body_read_timeout,
+        );
+        match classify(&method, path, &self.inner.rules) {
+            Route::Capture => {}
+            Route::PassThrough => {
+                let is_head = method == Method::HEAD;
+                let head = passthrough::Head {
+                    method,
+                    target: head.target,
+                    headers,
+                };
+                return match passthrough::forward(&self.inner.origin, head, body).await {
+                    Ok(mut resp) if is_head => {
+                        // The mirror's client asked HEAD; on this channel it is the answer to
+                        // a POST, whose body (empty) must match its Content-Length.
+                        if let Some(length) = resp.headers_mut().remove(header::CONTENT_LENGTH) {
+                            resp.headers_mut().insert(wire::HEAD_LENGTH_HEADER, length);
+                        }
+                        resp
+                    }
+                    Ok(resp) => resp,
+                    Err(e) => crate::error::error_response(&e),
+                };
+            }
+            Route::Reserved => {
+                return text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n")
+            }
+            Route::Refused => {
+                return text_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed through copyist\n",
+                )
+            }
+        }
         let request = crate::capture::CaptureRequest {
             method,
             target: head.target,
@@ -280,11 +328,6 @@ impl Replication {
             client_addr: client,
             request_id: head.request_id,
         };
-        let body = GuardedBody::new(
-            req.into_body(),
-            self.inner.max_blob_bytes,
-            self.inner.body_read_timeout,
-        );
         match capture.capture(request, body).await {
             Ok(resp) => resp,
             Err(e) => crate::error::error_response(&e),

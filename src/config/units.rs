@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration_or_zero("5m"), Ok(Duration::from_secs(300)));
         for text in ["", "30", "-5s", "abc"] {
-            assert!(parse_duration_or_zero(text).is_err(), "{text} should be refused");
+            assert!(
+                parse_duration_or_zero(text).is_err(),
+                "{text} should be refused"
+            );
         }
     }
 

@@ -130,12 +130,10 @@ fn writer(f: FileWriter, own: Option<&str>, p: &mut Problems) -> Option<WriterCo
         p,
         cookie_name,
     );
-    let read_your_writes_wait = optional(
-        f.read_your_writes_wait,
-        d::READ_YOUR_WRITES_WAIT,
-        p,
-        |s| parse_duration_or_zero(&s),
-    );
+    let read_your_writes_wait =
+        optional(f.read_your_writes_wait, d::READ_YOUR_WRITES_WAIT, p, |s| {
+            parse_duration_or_zero(&s)
+        });
     Some(WriterConfig {
         name: name?,
         url: url?,
@@ -266,13 +264,31 @@ mod tests {
 
     #[test]
     fn cookie_names() {
-        for ok in ["copyist_writer", "a", "X-Writer.1", "__Host-w", "!#$%&'*+-.^_`|~"] {
+        for ok in [
+            "copyist_writer",
+            "a",
+            "X-Writer.1",
+            "__Host-w",
+            "!#$%&'*+-.^_`|~",
+        ] {
             assert_eq!(cookie_name(ok.to_owned()), Ok(ok.to_owned()), "{ok}");
         }
-        assert_eq!(cookie_name(String::new()), Err("must not be empty".to_owned()));
-        for (bad, c) in [("a b", ' '), ("a=b", '='), ("a;b", ';'), ("\"a\"", '"'), ("é", 'é')] {
+        assert_eq!(
+            cookie_name(String::new()),
+            Err("must not be empty".to_owned())
+        );
+        for (bad, c) in [
+            ("a b", ' '),
+            ("a=b", '='),
+            ("a;b", ';'),
+            ("\"a\"", '"'),
+            ("é", 'é'),
+        ] {
             let err = cookie_name(bad.to_owned()).unwrap_err();
-            assert!(err.contains(&format!("{c:?} is not allowed")), "{bad}: {err}");
+            assert!(
+                err.contains(&format!("{c:?} is not allowed")),
+                "{bad}: {err}"
+            );
         }
     }
 

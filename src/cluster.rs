@@ -130,14 +130,7 @@ impl Forwarder {
         if self.affinity_secs == 0 {
             return None;
         }
-        let ttl = self.affinity_secs;
-        let expires = unix_now().saturating_add(ttl);
-        let secure = if secure { "; Secure" } else { "" };
-        let text = format!(
-            "{}={expires}; Max-Age={ttl}; Path=/; HttpOnly; SameSite=Lax{secure}",
-            self.cookie
-        );
-        HeaderValue::from_str(&text).ok()
+        set_cookie(&self.cookie, self.affinity_secs, unix_now(), secure)
     }
 
     /// Sends the request to the writer and returns its answer. When the writer logged it
@@ -193,6 +186,16 @@ impl Forwarder {
             body.map_err(BoxError::from).boxed_unsync(),
         ))
     }
+}
+
+/// `Set-Cookie` for an affinity of `ttl` seconds from `now`. The value is the expiry, so no
+/// server-side state is needed; `HttpOnly` because no script needs it, `SameSite=Lax` because
+/// it only routes, and a top-level navigation from elsewhere may carry it.
+fn set_cookie(name: &str, ttl: u64, now: u64, secure: bool) -> Option<HeaderValue> {
+    let expires = now.saturating_add(ttl);
+    let secure = if secure { "; Secure" } else { "" };
+    let text = format!("{name}={expires}; Max-Age={ttl}; Path=/; HttpOnly; SameSite=Lax{secure}");
+    HeaderValue::from_str(&text).ok()
 }
 
 /// Removes every `name=…` pair from the request's `Cookie` headers and says what they held.
@@ -343,6 +346,26 @@ mod tests {
         // A garbage copy does not spoil a real one.
         let (found, _) = take(&["copyist_writer=x; copyist_writer=100"]);
         assert_eq!(found, AffinityCookie::Expires(100));
+    }
+
+    #[test]
+    fn set_cookie_names_its_expiry_and_is_secure_only_over_tls() {
+        let plain = set_cookie(NAME, 300, 1_000, false).unwrap();
+        assert_eq!(
+            plain,
+            "copyist_writer=1300; Max-Age=300; Path=/; HttpOnly; SameSite=Lax"
+        );
+        let tls = set_cookie(NAME, 300, 1_000, true).unwrap();
+        assert_eq!(
+            tls,
+            "copyist_writer=1300; Max-Age=300; Path=/; HttpOnly; SameSite=Lax; Secure"
+        );
+        // What it sets, a request brings back: valid until the expiry.
+        let mut h = HeaderMap::new();
+        let pair = plain.to_str().unwrap().split(';').next().unwrap();
+        h.insert(header::COOKIE, HeaderValue::from_str(pair).unwrap());
+        let found = take_affinity_cookie(&mut h, NAME);
+        assert!(found.valid_at(1_299) && !found.valid_at(1_300));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The public listener: accepts connections (plain or TLS), checks each request's framing and
-//! host, applies header hygiene, and routes it to pass-through, capture or copyist's own
-//! reserved endpoints.
+//! host, applies header hygiene, and routes it to pass-through, capture, copyist's own
+//! reserved endpoints or, on a mirror, the writer (see `cluster` for which requests go there).
 //!
 //! It decides nothing about durability (that is `capture`) and never touches the log directly.
 
@@ -680,6 +680,14 @@ mod tests {
             ProxyError::HeadersTooLarge(1).status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn https_is_what_the_forwarded_proto_says_first() {
+        assert!(is_https(&headers(&[("x-forwarded-proto", "https")])));
+        assert!(is_https(&headers(&[("x-forwarded-proto", "HTTPS, http")])));
+        assert!(!is_https(&headers(&[("x-forwarded-proto", "http, https")])));
+        assert!(!is_https(&headers(&[])));
     }
 
     #[test]

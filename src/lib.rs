@@ -20,6 +20,14 @@
 //! [`log::Log::settle`] (accepted | rejected | in-doubt, durable) → unlock → response with
 //! `X-Copyist-Seq`.
 //!
+//! # Life of a request a mirror sends to its writer
+//! `Proxy::handle_inner` → [`cluster::Forwarder::take_affinity`] (the affinity cookie removed
+//! whatever happens next) → a write, a `[writer] paths` path or a valid affinity cookie →
+//! [`cluster::Forwarder::forward`] → [`ship::peer::Peer::send`] (`POST /_copyist/v1/forward`) →
+//! writer: `Replication::forwarded` → [`proxy::classify::classify`] with the writer's rules →
+//! the capture pipeline above, or [`proxy::passthrough::forward`] → back on the mirror: a logged
+//! write waits (bounded) until this mirror applied it, and sets the affinity cookie.
+//!
 //! # Life of an entry on its way to a mirror
 //! [`ship::Shipper::run`] (one per mirror) → `Shipper::session` (starts at the mirror's
 //! `applied_seq` from [`ship::peer::Peer::state`]) → [`ship::peer::Peer::ensure_blob`] →
@@ -35,7 +43,8 @@
 //! * [`proxy`] — public listener, request checks, classification, header hygiene, pass-through.
 //! * [`body`] — reading a client body with a size limit and an idle deadline.
 //! * [`capture`] — the capture pipeline and its write lock; fail-closed latch.
-//! * [`cluster`] — writes that reach a mirror: forwarded to the writer, read-your-writes.
+//! * [`cluster`] — what a mirror sends to its writer (writes, writer paths, writer affinity),
+//!   read-your-writes, the affinity cookie.
 //! * [`log`] — the durable log (the only module that names sled).
 //! * [`blobs`] — content-addressed blob files (the only module that touches the blob dir).
 //! * [`origin`] — pooled client to the local CMS, every origin timeout, response collection.

@@ -230,11 +230,10 @@ impl Node {
             live.clone(),
         );
         let prober = Prober::new(origin.clone(), writer_peer);
-        let forwarder = match (forward_peer, &replication) {
-            (Some(peer), Some((_, _, service))) => Some(crate::cluster::Forwarder::new(
-                peer,
-                service.applied_watch(),
-            )),
+        let forwarder = match (forward_peer, &replication, &config.writer) {
+            (Some(peer), Some((_, _, service)), Some(writer)) => Some(
+                crate::cluster::Forwarder::new(peer, service.applied_watch(), writer),
+            ),
             _ => None,
         };
         let proxy = Proxy::new(crate::proxy::Parts {

@@ -8,7 +8,7 @@
 //! | `PUT  /_copyist/v1/blobs/HASH` | store this blob (verified against HASH) | 201 / 422 |
 //! | `POST /_copyist/v1/entries/SEQ` | apply entry SEQ (postcard-encoded [`crate::log::Entry`]) | 200 [`ApplyAnswer`] / 409 gap / 423 halted |
 //! | `POST /_copyist/v1/control` | operator action on a halted mirror ([`Control`]) | 200 [`PeerState`] / 409 |
-//! | `POST /_copyist/v1/forward` | (to the writer) a client's write that reached a mirror | the writer's answer, with `X-Copyist-Seq` |
+//! | `POST /_copyist/v1/forward` | (to the writer) a client's request that a mirror sends there (a write, a writer path, a client with writer affinity) | the writer's answer; with `X-Copyist-Seq` when the writer's rules captured it |
 //!
 //! Entries travel in postcard (bodies are bytes); everything else is JSON. Every message is
 //! versioned by the path; a peer that sends anything else gets a 4xx and nothing reaches a CMS.
@@ -71,7 +71,13 @@ pub struct Control {
 /// the client's body, streamed.
 pub const FORWARD_HEADER: &str = "x-copyist-forward";
 
-/// A client's write that reached a mirror, forwarded to the writer's capture pipeline.
+/// Header that carries `Content-Length` of the writer's answer to a forwarded `HEAD`. The
+/// answer travels as the answer to a `POST`, whose `Content-Length` must match its (empty)
+/// body; the mirror puts the real length back.
+pub const HEAD_LENGTH_HEADER: &str = "x-copyist-head-length";
+
+/// A client's request that reached a mirror, forwarded to the writer: captured or passed
+/// through as the writer's own rules classify it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ForwardHead {
     /// Request method.

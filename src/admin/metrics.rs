@@ -56,6 +56,9 @@ pub enum Action {
     Pass,
     /// Captured: logged, sent to the origin, settled and answered.
     Capture,
+    /// Sent by a mirror to its writer (a write, a writer path, a client with writer affinity)
+    /// and answered with the writer's answer.
+    Forward,
     /// Answered by copyist under its reserved prefix.
     Reserved,
     /// Refused before the origin: malformed, over a limit, a refused method, a write on a mirror.
@@ -66,9 +69,10 @@ pub enum Action {
 
 impl Action {
     /// Every action, in exposition order.
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::Pass,
         Action::Capture,
+        Action::Forward,
         Action::Reserved,
         Action::Refused,
         Action::Error,
@@ -79,6 +83,7 @@ impl Action {
         match self {
             Action::Pass => "pass",
             Action::Capture => "capture",
+            Action::Forward => "forward",
             Action::Reserved => "reserved",
             Action::Refused => "refused",
             Action::Error => "error",

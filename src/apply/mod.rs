@@ -45,6 +45,8 @@ use crate::config::{CompareConfig, Role};
 use crate::error::{full, json_response, text_response, BoxError, ProxyBody};
 use crate::log::{AuditRecord, BodyRef, Entry, EntryState, Halt, Log, LogError, Outcome, Seq};
 use crate::origin::{response, Origin, OriginError};
+use crate::proxy::classify::{classify, Route};
+use crate::proxy::passthrough;
 use crate::shutdown::Shutdown;
 use crate::wire::{self, ApplyAnswer, Control, Gap, PeerState};
 
@@ -238,8 +240,11 @@ impl Replication {
         }
     }
 
-    /// A client's write forwarded by a mirror: through this writer's capture pipeline exactly
-    /// as if the client had come here (the mirror already cleaned its headers).
+    /// A client's request forwarded by a mirror, handled exactly as if the client had come
+    /// here (the mirror already cleaned its headers): this writer's own rules decide. A write
+    /// goes through the capture pipeline; a read (a writer path, a client with writer
+    /// affinity) streams to this CMS and back, unrecorded. Reserved paths and refused methods
+    /// never reach the CMS.
     async fn forwarded(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let Some(capture) = self.inner.capture.clone() else {
             return text_response(StatusCode::FORBIDDEN, "this node is not the writer\n");
@@ -269,6 +274,46 @@ impl Replication {
                 headers.append(n, v);
             }
         }
+        let path = head.target.split('?').next().unwrap_or("/");
+        // One snapshot of the reloadable settings for the whole request.
+        let settings = self.inner.live.current();
+        let body = GuardedBody::new(
+            req.into_body(),
+            settings.public.max_body_bytes,
+            settings.public.body_read_timeout,
+        );
+        match classify(&method, path, &settings.capture.rules) {
+            Route::Capture => {}
+            Route::PassThrough => {
+                let is_head = method == Method::HEAD;
+                let head = passthrough::Head {
+                    method,
+                    target: head.target,
+                    headers,
+                };
+                return match passthrough::forward(&self.inner.origin, head, body).await {
+                    Ok(mut resp) if is_head => {
+                        // The mirror's client asked HEAD; on this channel it is the answer to
+                        // a POST, whose body (empty) must match its Content-Length.
+                        if let Some(length) = resp.headers_mut().remove(header::CONTENT_LENGTH) {
+                            resp.headers_mut().insert(wire::HEAD_LENGTH_HEADER, length);
+                        }
+                        resp
+                    }
+                    Ok(resp) => resp,
+                    Err(e) => crate::error::error_response(&e),
+                };
+            }
+            Route::Reserved => {
+                return text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n")
+            }
+            Route::Refused => {
+                return text_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed through copyist\n",
+                )
+            }
+        }
         let request = crate::capture::CaptureRequest {
             method,
             target: head.target,
@@ -277,12 +322,6 @@ impl Replication {
             client_addr: client,
             request_id: head.request_id,
         };
-        let settings = self.inner.live.current();
-        let body = GuardedBody::new(
-            req.into_body(),
-            settings.public.max_body_bytes,
-            settings.public.body_read_timeout,
-        );
         match capture.capture(request, body).await {
             Ok(resp) => resp,
             Err(e) => crate::error::error_response(&e),

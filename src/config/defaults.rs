@@ -147,6 +147,22 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// its recorded result, so a timeout never applies anything twice.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+// === [writer] ===
+
+/// `writer.affinity`: long enough for an author to write, then look around the pages their
+/// write touched (lists, feeds, search) while the mirror catches up, which takes well under a
+/// second when it is healthy; short enough that a visitor who wrote once soon reads from their
+/// own mirror again.
+pub const WRITER_AFFINITY: Duration = Duration::from_secs(5 * 60);
+
+/// `writer.affinity_cookie`: says whose cookie it is, and is unlikely to clash with a CMS's.
+pub const WRITER_AFFINITY_COOKIE: &str = "copyist_writer";
+
+/// `writer.read_your_writes_wait`: a healthy mirror applies a write within milliseconds of the
+/// writer settling it; 10 s covers a busy one, while a client whose mirror is stuck or paused
+/// still gets its answer (marked `X-Copyist-Applied: timeout`) before a browser gives up.
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(10);
+
 // === [compare] ===
 
 /// Path pattern of the `[compare]` rule itself: it applies wherever no `[[compare.rule]]` does.

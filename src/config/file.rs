@@ -62,7 +62,7 @@ pub(super) struct FileConfig {
     pub(super) log: Found<FileLog>,
     pub(super) replication: Found<FileReplication>,
     pub(super) mirrors: Vec<FilePeer>,
-    pub(super) writer: Found<FilePeer>,
+    pub(super) writer: Found<FileWriter>,
     pub(super) compare: Found<FileCompare>,
 }
 
@@ -167,6 +167,16 @@ pub(super) struct FilePeer {
     pub(super) url: Key<String>,
 }
 
+/// `[writer]`: the writer as a peer, and what a mirror sends to it.
+#[derive(Debug)]
+pub(super) struct FileWriter {
+    pub(super) peer: FilePeer,
+    pub(super) paths: Key<Vec<Spanned<String>>>,
+    pub(super) affinity: Key<String>,
+    pub(super) affinity_cookie: Key<String>,
+    pub(super) read_your_writes_wait: Key<String>,
+}
+
 /// `[compare]` with its `[[compare.rule]]`s.
 #[derive(Debug)]
 pub(super) struct FileCompare {
@@ -223,7 +233,7 @@ impl FileConfig {
             log: root.section("log", FileLog::read),
             replication: root.section("replication", FileReplication::read),
             mirrors: root.sections("mirrors", FilePeer::read_mirror),
-            writer: root.section("writer", FilePeer::read_writer),
+            writer: root.section("writer", FileWriter::read),
             compare: root.section("compare", FileCompare::read),
         };
         problems.append(root.finish());
@@ -366,14 +376,26 @@ impl FilePeer {
         Self::read(r, "a URL string such as \"https://127.0.0.1:9444\"")
     }
 
-    fn read_writer(r: &mut Reader<'_, '_>) -> FilePeer {
-        Self::read(r, "a URL string such as \"https://127.0.0.1:9443\"")
-    }
-
     fn read(r: &mut Reader<'_, '_>, url: &str) -> FilePeer {
         FilePeer {
             name: r.value("name", STRING, string),
             url: r.value("url", url, string),
+        }
+    }
+}
+
+impl FileWriter {
+    fn read(r: &mut Reader<'_, '_>) -> FileWriter {
+        let patterns = (
+            "an array of path patterns",
+            "a path pattern string such as \"/wp-admin/*\"",
+        );
+        FileWriter {
+            peer: FilePeer::read(r, "a URL string such as \"https://127.0.0.1:9443\""),
+            paths: r.array("paths", patterns, string),
+            affinity: r.value("affinity", DURATION, string),
+            affinity_cookie: r.value("affinity_cookie", STRING, string),
+            read_your_writes_wait: r.value("read_your_writes_wait", DURATION, string),
         }
     }
 }

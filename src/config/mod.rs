@@ -253,7 +253,8 @@ pub struct MirrorConfig {
     pub url: http::Uri,
 }
 
-/// `[writer]` (mirror only): the writer this mirror accepts entries from.
+/// `[writer]` (mirror only): the writer this mirror accepts entries from, and which client
+/// requests this mirror sends to it instead of its own CMS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
     /// The name in the writer's certificate (its `node.name`); a replication client with
@@ -261,6 +262,17 @@ pub struct WriterConfig {
     pub name: String,
     /// The writer's `[replication] listen`, always of the form `https://HOST:PORT/`.
     pub url: http::Uri,
+    /// Requests whose path matches one of these go to the writer whatever their method (an
+    /// admin area must see the writer's state, not a lagging copy). Empty: none.
+    pub paths: Vec<PathPattern>,
+    /// How long after writing through this mirror a client's requests all go to the writer
+    /// (the writer-affinity cookie's lifetime). Zero: no cookie is issued and none is honoured.
+    pub affinity: Duration,
+    /// Name of the writer-affinity cookie: a cookie-name token (RFC 6265 section 4.1.1).
+    pub affinity_cookie: String,
+    /// Longest wait, after the writer answered a forwarded write, for this mirror to apply it
+    /// before answering the client anyway. Zero: answer at once.
+    pub read_your_writes_wait: Duration,
 }
 
 /// `[log]`.

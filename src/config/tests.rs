@@ -273,6 +273,26 @@ fn replication_keys_get_their_defaults() {
     let writer = config.writer.unwrap();
     assert_eq!(writer.name, "writer-1");
     assert_eq!(writer.url, "https://127.0.0.1:9443/");
+    assert!(writer.paths.is_empty());
+    assert_eq!(writer.affinity, Duration::from_secs(300));
+    assert_eq!(writer.affinity_cookie, "copyist_writer");
+    assert_eq!(writer.read_your_writes_wait, Duration::from_secs(10));
+}
+
+#[test]
+fn every_writer_key_is_read() {
+    let keys = r#"paths = ["/wp-admin/*", "/login"]
+affinity = "0s"
+affinity_cookie = "__Host-w"
+read_your_writes_wait = "250ms"
+"#;
+    let config = parse(&format!("{}{keys}", mirror())).unwrap();
+    let writer = config.writer.unwrap();
+    let paths: Vec<&str> = writer.paths.iter().map(PathPattern::as_str).collect();
+    assert_eq!(paths, ["/wp-admin/*", "/login"]);
+    assert_eq!(writer.affinity, Duration::ZERO, "\"0s\" turns affinity off");
+    assert_eq!(writer.affinity_cookie, "__Host-w");
+    assert_eq!(writer.read_your_writes_wait, Duration::from_millis(250));
 }
 
 #[test]

@@ -59,12 +59,19 @@ fn negative_size(n: i64) -> String {
 }
 
 /// A duration in humantime syntax (`"30s"`, `"500ms"`, `"2m"`, `"1h 30m"`). Zero is refused:
-/// every duration in the config is a timeout, and a zero timeout fails every request.
+/// almost every duration in the config is a timeout, and a zero timeout fails every request.
 pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text.trim()) {
+    match parse_duration_or_zero(text) {
         Ok(d) if d.is_zero() => Err(format!(
             "invalid duration \"{text}\" (must be greater than 0)"
         )),
+        other => other,
+    }
+}
+
+/// A duration where zero means "off" (`"0s"`; humantime wants the unit even for zero).
+pub(super) fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
         Ok(d) => Ok(d),
         // humantime lists the units itself when one is unknown; otherwise show examples.
         Err(e @ humantime::DurationError::UnknownUnit { .. }) => {
@@ -174,6 +181,14 @@ mod tests {
         }
         for text in ["", "0", "0s", "30", "-5s", "5 parsecs", "abc"] {
             assert!(parse_duration(text).is_err(), "{text} should be refused");
+        }
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("5m"), Ok(Duration::from_secs(300)));
+        for text in ["", "30", "-5s", "abc"] {
+            assert!(
+                parse_duration_or_zero(text).is_err(),
+                "{text} should be refused"
+            );
         }
     }
 

@@ -1,6 +1,6 @@
 //! The public listener: accepts connections (plain or TLS), checks each request's framing and
-//! host, applies header hygiene, and routes it to pass-through, capture or copyist's own
-//! reserved endpoints.
+//! host, applies header hygiene, and routes it to pass-through, capture, copyist's own
+//! reserved endpoints or, on a mirror, the writer (see `cluster` for which requests go there).
 //!
 //! It decides nothing about durability (that is `capture`) and never touches the log directly.
 //!
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use http::request::Parts as RequestParts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -35,6 +35,7 @@ use crate::admin::metrics::{Action, Metrics, PathKind};
 use crate::admin::Health;
 use crate::body::GuardedBody;
 use crate::capture::{Capture, CaptureError, CaptureRequest};
+use crate::cluster::ForwardError;
 use crate::config::{Config, PublicConfig, Role};
 use crate::error::{error_response, text_response, Blame, HttpError, ProxyBody};
 use crate::origin::{Origin, OriginError};
@@ -70,7 +71,7 @@ pub enum ProxyError {
     MethodRefused(Method),
     /// A write forwarded from this mirror to the writer failed.
     #[error(transparent)]
-    Forward(#[from] crate::cluster::ForwardError),
+    Forward(#[from] ForwardError),
     /// Pass-through to the origin failed.
     #[error(transparent)]
     Origin(#[from] OriginError),
@@ -383,23 +384,64 @@ impl Proxy {
             Route::PassThrough | Route::Capture => {}
         }
         let request_id = self.next_request_id();
-        let (headers, client) =
+        let (mut headers, client) =
             self.origin_headers(&mut parts, host, conn, &c.trusted_proxies, &request_id);
+        // Known before the body is wrapped: a read that cannot reach the writer is served here
+        // only when there is no body that would have to be sent twice.
+        let empty_body = body.is_end_stream();
         let body = GuardedBody::new(body, c.max_body_bytes, c.body_read_timeout);
-        if let (Route::Capture, Some(forwarder)) = (route, &self.inner.forwarder) {
-            let head = crate::wire::ForwardHead {
-                method: parts.method.to_string(),
-                target,
-                headers: headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-                client_addr: client.to_string(),
-                request_id,
+        if let Some(forwarder) = &self.inner.forwarder {
+            // Before any CMS sees the request, this mirror's or the writer's.
+            let affinity = forwarder.take_affinity(&mut headers);
+            let why = if route == Route::Capture {
+                Some(ToWriter::Write)
+            } else if forwarder.is_writer_path(parts.uri.path()) {
+                Some(ToWriter::WriterPath)
+            } else if affinity {
+                Some(ToWriter::Affinity)
+            } else {
+                None
             };
-            let resp = forwarder.forward(head, body).await?;
-            self.inner.metrics.request(Action::Capture);
-            return Ok(resp);
+            if let Some(why) = why {
+                let head = crate::wire::ForwardHead {
+                    method: parts.method.to_string(),
+                    target: target.clone(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                        .collect(),
+                    client_addr: client.to_string(),
+                    request_id,
+                };
+                match forwarder.forward(head, body).await {
+                    Ok(mut resp) => {
+                        self.inner.metrics.request(Action::Forward);
+                        // The writer logged it: this client now reads from the writer for a
+                        // while, so it sees its write wherever it looks.
+                        if resp.headers().contains_key("x-copyist-seq") {
+                            if let Some(cookie) = forwarder.affinity_set_cookie(is_https(&headers))
+                            {
+                                resp.headers_mut().append(header::SET_COOKIE, cookie);
+                            }
+                        }
+                        return Ok(resp);
+                    }
+                    Err(ForwardError::WriterUnreachable(error))
+                        if why == ToWriter::Affinity && empty_body =>
+                    {
+                        // Affinity is a courtesy to a reader: a stale page beats a 503.
+                        let error = crate::error::error_chain(&error);
+                        tracing::debug!(%error, "writer unreachable; affinity read served locally");
+                        let head = passthrough::Head {
+                            method: parts.method,
+                            target,
+                            headers,
+                        };
+                        return self.pass(head, http_body_util::Empty::new()).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         if route == Route::Capture {
             let req = CaptureRequest {
@@ -419,6 +461,19 @@ impl Proxy {
             target,
             headers,
         };
+        self.pass(head, body).await
+    }
+
+    /// Pass-through to this node's CMS, counted and timed.
+    async fn pass<B>(
+        &self,
+        head: passthrough::Head,
+        body: B,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::error::BoxError>,
+    {
         let started = std::time::Instant::now();
         let resp = passthrough::forward(&self.inner.origin, head, body).await?;
         let metrics = &self.inner.metrics;
@@ -460,6 +515,27 @@ impl Proxy {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n}", self.inner.id_prefix)
     }
+}
+
+/// Why a mirror sends a request to its writer rather than its own CMS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ToWriter {
+    /// The mirror's rules capture it: its CMS changes only through replay.
+    Write,
+    /// Its path is one of `[writer] paths`.
+    WriterPath,
+    /// Only the client's writer-affinity cookie sends it there.
+    Affinity,
+}
+
+/// Whether the client reached us over TLS, as `X-Forwarded-Proto` says after
+/// [`headers::set_forwarded`]: ours, or the first hop's from a trusted proxy (a load balancer
+/// that terminates TLS).
+fn is_https(h: &HeaderMap) -> bool {
+    h.get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
 }
 
 /// Refuses framing that two parsers could read differently (request smuggling, RFC 9112 6.1,
@@ -624,6 +700,14 @@ mod tests {
             ProxyError::HeadersTooLarge(1).status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn https_is_what_the_forwarded_proto_says_first() {
+        assert!(is_https(&headers(&[("x-forwarded-proto", "https")])));
+        assert!(is_https(&headers(&[("x-forwarded-proto", "HTTPS, http")])));
+        assert!(!is_https(&headers(&[("x-forwarded-proto", "http, https")])));
+        assert!(!is_https(&headers(&[])));
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! Pass-through: the request streams to the origin and the response streams back. No buffering,
 //! no disk, nothing recorded.
 
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
-use crate::body::GuardedBody;
 use crate::error::{BoxError, ProxyBody};
 use crate::origin::{Origin, OriginError};
 
@@ -21,13 +21,18 @@ pub struct Head {
 }
 
 /// Streams the request to the origin and returns its response, streaming, with hop-by-hop
-/// headers removed.
-pub async fn forward(
+/// headers removed. The body is the client's ([`crate::body::GuardedBody`]), or an empty one
+/// standing in for a client body already known to be empty.
+pub async fn forward<B>(
     origin: &Origin,
     head: Head,
-    body: GuardedBody,
-) -> Result<Response<ProxyBody>, OriginError> {
-    let mut req = Request::new(body.map_err(BoxError::from).boxed_unsync());
+    body: B,
+) -> Result<Response<ProxyBody>, OriginError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut req = Request::new(body.map_err(Into::into).boxed_unsync());
     *req.method_mut() = head.method;
     *req.uri_mut() = origin.uri_for(&head.target)?;
     *req.version_mut() = Version::HTTP_11;

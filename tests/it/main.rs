@@ -6,6 +6,7 @@
 
 mod support;
 
+mod affinity;
 mod capture;
 mod cli;
 mod cluster;

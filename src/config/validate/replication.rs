@@ -6,16 +6,17 @@ use std::path::Path;
 
 use super::super::defaults as d;
 use super::super::error::Problems;
-use super::super::file::{FilePeer, FileReplication, Found, Key, Span};
-use super::super::{MirrorConfig, ReplicationConfig, Role, WriterConfig};
-use super::{count, duration, node_name, optional, path_in, required, socket_addr};
+use super::super::file::{FilePeer, FileReplication, FileWriter, Found, Key, Span};
+use super::super::units::parse_duration_or_zero;
+use super::super::{MirrorConfig, PathPattern, ReplicationConfig, Role, WriterConfig};
+use super::{count, duration, node_name, optional, optional_list, path_in, required, socket_addr};
 use super::{Checked, NodeFields};
 
 /// The cluster sections as read from the file.
 pub(super) struct FileCluster {
     pub(super) replication: Found<FileReplication>,
     pub(super) mirrors: Vec<FilePeer>,
-    pub(super) writer: Found<FilePeer>,
+    pub(super) writer: Found<FileWriter>,
 }
 
 /// The cluster sections, validated.
@@ -44,14 +45,7 @@ pub(super) fn cluster(
     };
     let mirrors = mirrors(f.mirrors, own, p);
     let writer = match f.writer {
-        Found::Present(w) => {
-            let own_name =
-                "is this node's own name ([node] name); a mirror cannot be its own writer";
-            match peer(w, own, own_name, p) {
-                (Some(name), Some(url)) => Some(Some(WriterConfig { name, url })),
-                _ => None,
-            }
-        }
+        Found::Present(w) => writer(w, own, p).map(Some),
         Found::Absent => Some(None),
         Found::Invalid => None,
     };
@@ -67,7 +61,7 @@ fn roles(f: &FileCluster, role: Role, p: &mut Problems) {
     let has_replication = !matches!(f.replication, Found::Absent);
     // Where `[writer]` and the first `[[mirrors]]` start; a misshapen one is reported already.
     let writer_at = match &f.writer {
-        Found::Present(w) => Some(w.name.header.clone()),
+        Found::Present(w) => Some(w.peer.name.header.clone()),
         _ => None,
     };
     let mirrors_at = f.mirrors.first().map(|m| m.name.header.clone());
@@ -118,6 +112,51 @@ fn replication(f: FileReplication, dir: &Path, p: &mut Problems) -> Option<Repli
         retry_max: retry_max?,
         request_timeout: request_timeout?,
     })
+}
+
+/// `[writer]`: the peer, and what this mirror sends it besides writes.
+fn writer(f: FileWriter, own: Option<&str>, p: &mut Problems) -> Option<WriterConfig> {
+    let own_name = "is this node's own name ([node] name); a mirror cannot be its own writer";
+    let (name, url) = peer(f.peer, own, own_name, p);
+    let paths = optional_list(f.paths, Vec::new(), p, |s| {
+        PathPattern::new(&s).map_err(|e| e.to_string())
+    });
+    let affinity = optional(f.affinity, d::WRITER_AFFINITY, p, |s| {
+        parse_duration_or_zero(&s)
+    });
+    let affinity_cookie = optional(
+        f.affinity_cookie,
+        d::WRITER_AFFINITY_COOKIE.to_owned(),
+        p,
+        cookie_name,
+    );
+    let read_your_writes_wait =
+        optional(f.read_your_writes_wait, d::READ_YOUR_WRITES_WAIT, p, |s| {
+            parse_duration_or_zero(&s)
+        });
+    Some(WriterConfig {
+        name: name?,
+        url: url?,
+        paths: paths?,
+        affinity: affinity?,
+        affinity_cookie: affinity_cookie?,
+        read_your_writes_wait: read_your_writes_wait?,
+    })
+}
+
+/// `writer.affinity_cookie`: a cookie-name token (RFC 6265 4.1.1, RFC 9110 5.6.2), so the
+/// `Set-Cookie` copyist sends is well formed and a browser sends the cookie back unchanged.
+fn cookie_name(name: String) -> Checked<String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    match name.chars().find(|c| !tchar(*c)) {
+        Some(c) => Err(format!(
+            "invalid cookie name \"{name}\" ({c:?} is not allowed; use letters, digits and !#$%&'*+-.^_`|~)"
+        )),
+        None => Ok(name),
+    }
 }
 
 /// Every `[[mirrors]]`; names must be unique (case-insensitively, as DNS names compare) and
@@ -222,6 +261,36 @@ fn peer_url(text: String) -> Checked<http::Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_names() {
+        for ok in [
+            "copyist_writer",
+            "a",
+            "X-Writer.1",
+            "__Host-w",
+            "!#$%&'*+-.^_`|~",
+        ] {
+            assert_eq!(cookie_name(ok.to_owned()), Ok(ok.to_owned()), "{ok}");
+        }
+        assert_eq!(
+            cookie_name(String::new()),
+            Err("must not be empty".to_owned())
+        );
+        for (bad, c) in [
+            ("a b", ' '),
+            ("a=b", '='),
+            ("a;b", ';'),
+            ("\"a\"", '"'),
+            ("é", 'é'),
+        ] {
+            let err = cookie_name(bad.to_owned()).unwrap_err();
+            assert!(
+                err.contains(&format!("{c:?} is not allowed")),
+                "{bad}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn peer_urls() {

@@ -84,6 +84,8 @@ pub struct ClusterOpts {
     pub chaos: bool,
     /// Extra config appended to every node (e.g. `[compare]`).
     pub extra: String,
+    /// Keys added to every mirror's `[writer]` section (e.g. `paths = [...]`).
+    pub writer_keys: String,
 }
 
 impl TestCluster {
@@ -113,8 +115,9 @@ impl TestCluster {
         for name in &names[1..] {
             let cms = PhpCms::start();
             let extra = format!(
-                "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:{writer_port}\"\n\n{}",
+                "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:{writer_port}\"\n{}\n\n{}",
                 certs.replication(name),
+                opts.writer_keys,
                 opts.extra
             );
             let node = TestNode::start_opts(
@@ -198,6 +201,22 @@ impl TestCluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Stops shipping to mirror `i` (`copyist mirror pause`): from now on it lags.
+    pub async fn pause(&self, i: usize) {
+        let name = self.mirrors[i].name.clone();
+        let args = ["mirror", "pause", &name, "--reason", "test"];
+        let (code, out, err) = self.cli(args.map(String::from).to_vec()).await;
+        assert_eq!(code, 0, "{out}{err}");
+    }
+
+    /// Ships to mirror `i` again (`copyist mirror resume`).
+    pub async fn resume(&self, i: usize) {
+        let name = self.mirrors[i].name.clone();
+        let args = ["mirror", "resume", &name, "--reason", "test"];
+        let (code, out, err) = self.cli(args.map(String::from).to_vec()).await;
+        assert_eq!(code, 0, "{out}{err}");
     }
 
     /// Waits until mirror `i` reports applied_seq >= seq.

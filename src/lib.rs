@@ -43,7 +43,8 @@
 //! * [`apply`] — mirror side: the replication listener, ordered apply, cookie sessions.
 //! * [`compare`] — what of a response a mirror must match, and the comparison.
 //! * [`wire`] — the replication protocol's paths and messages.
-//! * [`admin`] — admin listener: liveness, the JSON API the CLI uses, Prometheus metrics.
+//! * [`admin`] — admin listener: the status page, health checks, the JSON API the CLI uses,
+//!   Prometheus metrics.
 //! * [`tls`] — rustls configuration.
 //! * [`cli`] — subcommands; talks to a running node only through the admin API.
 //! * [`error`] — who is to blame, and the one place errors become HTTP statuses.

@@ -231,13 +231,18 @@ fn mirrors_section(out: &mut String, mirrors: &[MirrorView]) {
             (None, None, Some(e)) => Esc(e).to_string(),
             (None, None, None) => String::new(),
         };
+        // The shipper's own word when it says more (streaming, connecting, blocked).
+        let detail = if s.state == state {
+            String::new()
+        } else {
+            format!(" <small>({})</small>", Esc(&s.state))
+        };
         let _ = writeln!(
             out,
             "<tr data-mirror=\"{name}\" data-state=\"{state}\" class=\"{state}\">\
-             <td class=\"name\">{name}</td><td class=\"state\">{state} <small>({})</small></td>\
+             <td class=\"name\">{name}</td><td class=\"state\">{state}{detail}</td>\
              <td class=\"num\">{}</td><td class=\"num lag\">{}</td><td class=\"num\">{:.1}</td>\
              <td>{note}</td></tr>",
-            Esc(&s.state),
             s.applied_seq,
             m.lag_entries,
             m.lag_seconds,
@@ -251,10 +256,10 @@ fn mirrors_section(out: &mut String, mirrors: &[MirrorView]) {
 fn writer_section(out: &mut String, p: &Page, writer: &WriterLink) {
     let h = &p.health;
     let name = writer.name.as_deref().unwrap_or("?");
-    let reach = if writer.error.is_some() {
-        "unreachable"
-    } else {
-        "reachable"
+    let reach = match (writer.reached, &writer.error) {
+        (true, _) => "reachable",
+        (false, Some(_)) => "unreachable",
+        (false, None) => "not probed yet",
     };
     let seconds = h.lag_seconds.map(|s| format!("{s:.1}"));
     let _ = write!(
@@ -293,23 +298,26 @@ fn halted_section(out: &mut String, p: &Page) {
             Some(o) => outcome(o.status, o.location.as_deref(), o.error.as_deref()),
             None => "none recorded".into(),
         };
-        // The writer has no copy of the mirror's answer; the halt's detail names it.
-        let mirror = match h.entry.as_ref().and_then(|e| e.mirror_outcome.as_ref()) {
-            Some(o) => outcome(o.status, o.location.as_deref(), o.error.as_deref()),
-            None => Esc(&h.halt.detail).to_string(),
+        // The writer keeps no copy of the mirror's answer: the halt's detail, which names both
+        // sides, stands in for it (and is then not repeated under the reason).
+        let (mirror, detail) = match h.entry.as_ref().and_then(|e| e.mirror_outcome.as_ref()) {
+            Some(o) => (
+                outcome(o.status, o.location.as_deref(), o.error.as_deref()),
+                format!("<br><small>{}</small>", Esc(&h.halt.detail)),
+            ),
+            None => (Esc(&h.halt.detail).to_string(), String::new()),
         };
         let _ = writeln!(
             out,
             "<tr class=\"halted\" data-mirror=\"{}\" data-seq=\"{}\"><td class=\"name\">{}</td>\
              <td class=\"num\">{}</td><td class=\"target\">{request}</td>\
              <td class=\"writer-outcome\">{writer}</td><td class=\"mirror-outcome\">{mirror}</td>\
-             <td class=\"reason\"><b>{}</b><br><small>{}</small></td></tr>",
+             <td class=\"reason\"><b>{}</b>{detail}</td></tr>",
             Esc(&h.mirror),
             h.halt.seq,
             Esc(&h.mirror),
             h.halt.seq,
             Esc(&h.halt.reason),
-            Esc(&h.halt.detail),
         );
     }
     out.push_str(

@@ -18,4 +18,5 @@ mod lifecycle;
 mod metrics;
 mod passthrough;
 mod replication_auth;
+mod status_page;
 mod tls;

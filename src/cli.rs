@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::admin::api::{EntryDetail, EntrySummary, StatusView};
+use crate::admin::health::NodeState;
 use crate::config::Config;
 use crate::error::error_chain;
 use crate::node::{Node, ADMIN_ADDR_FILE};
@@ -48,7 +49,8 @@ enum Command {
     Run(ConfigArg),
     /// Check a configuration file: exit 0 if valid, 1 with every problem listed if not.
     CheckConfig(ConfigArg),
-    /// Show the running node's role, last sequence number and write state.
+    /// Show the running node's role, health, whether and why it is draining, last sequence
+    /// number and write state.
     Status {
         #[command(flatten)]
         config: ConfigArg,
@@ -295,6 +297,19 @@ async fn status(path: &Path, json: bool) -> CliResult {
         "ok"
     };
     println!("writes      {writes}");
+    if let Some(h) = &s.health {
+        // The most serious problem, with readiness's reason for it (draining shows below).
+        match (&h.reason, h.state) {
+            (Some(why), state) if state != NodeState::Draining => {
+                println!("health      {}: {why}", state.as_str())
+            }
+            (_, state) => println!("health      {}", state.as_str()),
+        }
+        match &h.drain {
+            Some(why) => println!("draining    yes: {why}"),
+            None => println!("draining    no"),
+        }
+    }
     if s.role == "mirror" {
         println!("applied     {}", s.applied_seq);
         match &s.halt {

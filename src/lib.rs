@@ -52,7 +52,8 @@
 //! * [`apply`] — mirror side: the replication listener, ordered apply, cookie sessions.
 //! * [`compare`] — what of a response a mirror must match, and the comparison.
 //! * [`wire`] — the replication protocol's paths and messages.
-//! * [`admin`] — admin listener: liveness, the JSON API the CLI uses, Prometheus metrics.
+//! * [`admin`] — admin listener: the status page, health checks, the JSON API the CLI uses,
+//!   Prometheus metrics.
 //! * [`access_log`] — the optional combined-format access log and its writer task.
 //! * [`reload`] — SIGHUP: re-read and validate the config, swap in the live settings
 //!   ([`reload::Live`], read by `proxy`, `capture`, `apply`, `admin`).

@@ -17,6 +17,8 @@ use crate::error::{json_response, text_response, BoxError, ProxyBody};
 use crate::log::{AuditRecord, BodyRef, Entry, Halt, Log, MultipartIndex, Outcome, Seq};
 use crate::ship::{MirrorStatus, Shipper};
 
+use super::health::HealthView;
+
 /// Longest list the API returns at once.
 const MAX_LIST: usize = 1000;
 
@@ -71,6 +73,10 @@ pub struct StatusView {
     /// Every mirror, as the writer sees it (empty on a mirror).
     #[serde(default)]
     pub mirrors: Vec<MirrorView>,
+    /// Health as `/readiness` sees it: state in a word, whether and why the node is draining,
+    /// and the most serious problem as `reason`. `None` only from a node older than this field.
+    #[serde(default)]
+    pub health: Option<HealthView>,
 }
 
 /// One mirror in the writer's status.
@@ -185,6 +191,7 @@ pub async fn status(state: &AdminState) -> Response<ProxyBody> {
                 .iter()
                 .map(|s| mirror_view(state, s))
                 .collect(),
+            health: Some(state.health.summary()),
         },
     )
 }
@@ -282,7 +289,8 @@ pub async fn blob(state: &AdminState, hash: &str) -> Response<ProxyBody> {
     resp
 }
 
-fn summary(e: &Entry) -> EntrySummary {
+/// One line of `copyist log list` (and of the status page's recent entries).
+pub fn summary(e: &Entry) -> EntrySummary {
     EntrySummary {
         seq: e.seq.0,
         state: e.state.as_str().to_string(),

@@ -13,7 +13,10 @@
 //!
 //! Served on the admin listener and under `/.copyist/` on the public one. Every answer is 200 or
 //! 503, except that a node whose only problem is draining answers `[health] drain_status` (404
-//! for HAProxy's `disable-on-404`); the body is always a [`HealthView`]. `HEAD` and `OPTIONS` get
+//! for HAProxy's `disable-on-404`). The body is a [`HealthView`] on the admin listener and the
+//! smaller [`PublicHealthView`] on the public one, which anyone who can reach the site can read:
+//! no node name, sequence numbers, peer names, origin errors (they name the CMS's internal
+//! address) or drain reasons there, only what a load balancer decides on. `HEAD` and `OPTIONS` get
 //! the same status without a body. `L` is an entry count (`100`) or a duration (`10s`); without
 //! it there is no lag limit; a malformed one fails the check (503, with the reason).
 //!
@@ -109,17 +112,65 @@ impl LagLimit {
     }
 }
 
-/// The body of every health answer, whatever its status.
+/// Which listener a health answer goes out on: it decides how much the body tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The admin listener (loopback by default): the full [`HealthView`].
+    Admin,
+    /// The public listener, under `/.copyist/`: the [`PublicHealthView`] only.
+    Public,
+}
+
+/// A node's condition in a word, the most serious one when several hold: what the status page,
+/// `copyist status` and both health bodies show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    /// The log or blob store failed to write: captured writes are refused until restart.
+    FailClosed,
+    /// The CMS has not answered a probe yet (just started).
+    Starting,
+    /// The CMS failed the last probe.
+    OriginDown,
+    /// This mirror stopped at an entry its CMS answered differently.
+    Halted,
+    /// Taken out of rotation (operator, maintenance file, or shutting down); traffic still flows.
+    Draining,
+    /// None of the above.
+    Healthy,
+}
+
+impl NodeState {
+    /// The name shown on the page and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::FailClosed => "fail-closed",
+            NodeState::Starting => "starting",
+            NodeState::OriginDown => "origin-down",
+            NodeState::Halted => "halted",
+            NodeState::Draining => "draining",
+            NodeState::Healthy => "healthy",
+        }
+    }
+}
+
+/// The body of every health answer on the admin listener, whatever its status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HealthView {
     /// This node's name.
     pub node: String,
     /// "writer" or "mirror".
     pub role: String,
+    /// The node's condition in a word (the most serious one).
+    pub state: NodeState,
     /// Whether `/health` passes: the log is writable and the CMS answered the last probe.
     pub healthy: bool,
     /// Whether an operator (`copyist drain`) or the maintenance file takes the node out.
     pub draining: bool,
+    /// Why it is draining: the operator's reason and who gave it, the maintenance file, or
+    /// "shutting down".
+    #[serde(default)]
+    pub drain: Option<String>,
     /// Where and why this mirror is halted.
     pub halted: Option<Halt>,
     /// Highest sequence number applied here (mirror) or logged (writer).
@@ -136,6 +187,35 @@ pub struct HealthView {
     pub origin: OriginView,
     /// Why this check failed, in a few words; `None` when it passed.
     pub reason: Option<String>,
+}
+
+/// The body of every health answer on the public listener: what a load balancer decides on
+/// and nothing that helps map the cluster (see the module docs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublicHealthView {
+    /// "writer" or "mirror".
+    pub role: String,
+    /// Whether this check passed.
+    pub ok: bool,
+    /// The node's condition in a word.
+    pub state: NodeState,
+    /// Whether the node is out of rotation.
+    pub draining: bool,
+    /// Why the check failed, as a code (`wrong-role`, `unhealthy`, `halted`, `lag-exceeded`,
+    /// `lag-unknown`, `invalid-lag`, `draining`); `None` when it passed.
+    pub reason: Option<String>,
+    /// On a mirror: how far behind its writer it is (each `None` when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<PublicLag>,
+}
+
+/// A mirror's lag in the public health body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublicLag {
+    /// Entries behind the writer.
+    pub entries: Option<u64>,
+    /// Seconds since it was last caught up.
+    pub seconds: Option<f64>,
 }
 
 /// What the last probe of the local CMS found.
@@ -182,18 +262,33 @@ struct OriginProbe {
 /// What a mirror's probes learnt about the writer.
 #[derive(Clone, Debug, Default)]
 struct WriterProbe {
+    /// The writer's name (known once the probe task has started).
+    name: Option<String>,
     /// The writer's last sequence number at the last probe; `None` if that probe failed.
     last_seq: Option<u64>,
     /// When a probe last saw this mirror's applied seq reach the writer's last one.
     caught_up_at: Option<Instant>,
-    /// Why the last probe failed (kept to log only the first failure of a run).
+    /// Why the last probe failed (kept to log only the first failure of a run, and shown on
+    /// the status page).
     error: Option<String>,
+}
+
+/// A mirror's writer as its health probes see it (for the status page).
+#[derive(Clone, Debug, Default)]
+pub struct WriterLink {
+    /// The writer's name, as in `[writer] name`.
+    pub name: Option<String>,
+    /// Whether the last probe of it got an answer.
+    pub reached: bool,
+    /// Why the last probe of it failed, if it did.
+    pub error: Option<String>,
 }
 
 /// What an answer depends on, read once per request.
 #[derive(Clone, Debug, Default)]
 struct Facts {
     mirror: bool,
+    fail_closed: bool,
     /// Why `/health` fails, if it does.
     unhealthy: Option<String>,
     /// Why the node is draining, if it is.
@@ -207,9 +302,23 @@ struct Facts {
 #[derive(Debug, PartialEq)]
 enum Verdict {
     Pass,
-    Fail(String),
+    Fail(Failure),
     /// Only draining stands in the way: answered with `drain_status`.
     Draining(String),
+}
+
+/// Why a check failed: a code for the public body, a sentence for the admin one.
+#[derive(Debug, PartialEq)]
+struct Failure {
+    code: &'static str,
+    text: String,
+}
+
+fn fail(code: &'static str, text: impl Into<String>) -> Verdict {
+    Verdict::Fail(Failure {
+        code,
+        text: text.into(),
+    })
 }
 
 impl Health {
@@ -230,10 +339,11 @@ impl Health {
         }
     }
 
-    /// Answers the health endpoint `name` (its path without `/` or `/.copyist/`), or `None`
-    /// when `name` is not one. Reads only cached state.
+    /// Answers the health endpoint `name` (its path without `/` or `/.copyist/`) on `listener`,
+    /// or `None` when `name` is not one. Reads only cached state.
     pub fn respond(
         &self,
+        listener: Listener,
         method: &Method,
         name: &str,
         query: Option<&str>,
@@ -252,8 +362,11 @@ impl Health {
                 );
                 resp
             } else if let Some(check) = check {
-                let (status, view) = self.evaluate(check, query);
-                json_response(status, &view)
+                let (status, view, failure) = self.judge(check, query);
+                match listener {
+                    Listener::Admin => json_response(status, &view),
+                    Listener::Public => json_response(status, &public_view(&view, failure)),
+                }
             } else {
                 text_response(StatusCode::OK, "ok\n")
             };
@@ -265,8 +378,24 @@ impl Health {
         Some(resp)
     }
 
-    /// The status and body of `check`.
+    /// The status and (admin) body of `check`.
     pub fn evaluate(&self, check: Check, query: Option<&str>) -> (StatusCode, HealthView) {
+        let (status, view, _) = self.judge(check, query);
+        (status, view)
+    }
+
+    /// The node's health as `/readiness` without a lag limit sees it: the body's `reason` is
+    /// the most serious problem, if any. For the status page and `copyist status`.
+    pub fn summary(&self) -> HealthView {
+        self.evaluate(Check::Readiness, None).1
+    }
+
+    /// The status, the admin body and the failure's code (`None` when it passed).
+    fn judge(
+        &self,
+        check: Check,
+        query: Option<&str>,
+    ) -> (StatusCode, HealthView, Option<&'static str>) {
         let (facts, mut view) = self.snapshot();
         let limit = if check.takes_lag() {
             LagLimit::from_query(query)
@@ -275,15 +404,29 @@ impl Health {
         };
         let verdict = match limit {
             Ok(limit) => verdict(&facts, check, limit),
-            Err(why) => Verdict::Fail(why),
+            Err(why) => fail("invalid-lag", why),
         };
-        let (status, reason) = match verdict {
-            Verdict::Pass => (StatusCode::OK, None),
-            Verdict::Fail(why) => (StatusCode::SERVICE_UNAVAILABLE, Some(why)),
-            Verdict::Draining(why) => (self.inner.live.current().health.drain_status, Some(why)),
+        let (status, reason, code) = match verdict {
+            Verdict::Pass => (StatusCode::OK, None, None),
+            Verdict::Fail(f) => (StatusCode::SERVICE_UNAVAILABLE, Some(f.text), Some(f.code)),
+            Verdict::Draining(why) => (
+                self.inner.live.current().health.drain_status,
+                Some(why),
+                Some("draining"),
+            ),
         };
         view.reason = reason;
-        (status, view)
+        (status, view, code)
+    }
+
+    /// A mirror's writer: its name and whether the last probe reached it.
+    pub fn writer(&self) -> WriterLink {
+        let w = lock(&self.inner.writer);
+        WriterLink {
+            name: w.name.clone(),
+            reached: w.last_seq.is_some(),
+            error: w.error.clone(),
+        }
     }
 
     /// Drains the node (`Some(why)`) or ends an operator's drain (`None`). The maintenance
@@ -292,17 +435,22 @@ impl Health {
         *lock(&self.inner.drained) = why;
     }
 
-    /// Why the node is draining, if it is.
+    /// Why the node is draining, if it is: `draining: ` and [`Health::drain_cause`].
     pub fn draining(&self) -> Option<String> {
+        self.drain_cause().map(|why| format!("draining: {why}"))
+    }
+
+    /// What drains the node, if anything: the operator's reason and who gave it (or "shutting
+    /// down"), else the maintenance file.
+    pub fn drain_cause(&self) -> Option<String> {
         if let Some(why) = lock(&self.inner.drained).clone() {
-            return Some(format!("draining: {why}"));
+            return Some(why);
         }
         let settings = self.inner.live.current();
         match &settings.health.maintenance_file {
-            Some(path) if self.inner.maintenance.load(Ordering::Acquire) => Some(format!(
-                "draining: maintenance file {} exists",
-                path.display()
-            )),
+            Some(path) if self.inner.maintenance.load(Ordering::Acquire) => {
+                Some(format!("maintenance file {} exists", path.display()))
+            }
             _ => None,
         }
     }
@@ -334,10 +482,12 @@ impl Health {
             Some(_) => writer.caught_up_at.map(|t| t.elapsed().as_secs_f64()),
             None => None,
         };
+        let drain = self.drain_cause();
         let facts = Facts {
             mirror: i.role == Role::Mirror,
+            fail_closed: i.capture.is_fail_closed(),
             unhealthy,
-            draining: self.draining(),
+            draining: drain.as_ref().map(|why| format!("draining: {why}")),
             halt: i.log.halt(),
             lag_entries,
             lag_seconds,
@@ -345,8 +495,10 @@ impl Health {
         let view = HealthView {
             node: i.node.clone(),
             role: i.role.as_str().to_owned(),
+            state: node_state(&facts, &origin),
             healthy: facts.unhealthy.is_none(),
             draining: facts.draining.is_some(),
+            drain,
             halted: facts.halt.clone(),
             applied_seq: applied,
             last_seq: last,
@@ -427,6 +579,10 @@ impl Health {
         // Read after the answer: applied >= the writer's last then means caught up now.
         let applied = self.inner.log.applied_seq().0;
         let mut writer = lock(&self.inner.writer);
+        // The writer's client is built by the first round (and rebuilt on reload): name it here.
+        if writer.name.as_deref() != Some(peer.name()) {
+            writer.name = Some(peer.name().to_owned());
+        }
         match result {
             Ok(state) => {
                 writer.last_seq = Some(state.applied_seq);
@@ -508,21 +664,22 @@ impl Prober {
 /// The pure decision: which checks pass on which facts.
 fn verdict(f: &Facts, check: Check, limit: Option<LagLimit>) -> Verdict {
     match check {
-        Check::Writer if f.mirror => return Verdict::Fail("this node is a mirror".into()),
-        Check::Mirror if !f.mirror => return Verdict::Fail("this node is the writer".into()),
+        Check::Writer if f.mirror => return fail("wrong-role", "this node is a mirror"),
+        Check::Mirror if !f.mirror => return fail("wrong-role", "this node is the writer"),
         _ => {}
     }
     if let Some(why) = &f.unhealthy {
-        return Verdict::Fail(why.clone());
+        return fail("unhealthy", why.clone());
     }
     if check == Check::Health {
         return Verdict::Pass;
     }
     if let Some(halt) = &f.halt {
-        return Verdict::Fail(format!("halted at entry {} ({})", halt.seq, halt.reason));
+        let why = format!("halted at entry {} ({})", halt.seq, halt.reason);
+        return fail("halted", why);
     }
-    if let Some(why) = limit.filter(|_| f.mirror).and_then(|l| lag_problem(f, l)) {
-        return Verdict::Fail(why);
+    if let Some(lag) = limit.filter(|_| f.mirror).and_then(|l| lag_problem(f, l)) {
+        return Verdict::Fail(lag);
     }
     // Last, so that `drain_status` is only answered when draining is the sole reason.
     match &f.draining {
@@ -532,22 +689,64 @@ fn verdict(f: &Facts, check: Check, limit: Option<LagLimit>) -> Verdict {
 }
 
 /// Why a mirror is not within `limit`, if it is not.
-fn lag_problem(f: &Facts, limit: LagLimit) -> Option<String> {
+fn lag_problem(f: &Facts, limit: LagLimit) -> Option<Failure> {
     let Some(entries) = f.lag_entries else {
-        return Some("writer unreachable; lag unknown".into());
+        return Some(Failure {
+            code: "lag-unknown",
+            text: "writer unreachable; lag unknown".into(),
+        });
     };
-    match (limit, f.lag_seconds) {
-        (LagLimit::Entries(max), _) if entries > max => {
-            Some(format!("lag of {entries} entries exceeds {max}"))
-        }
-        (LagLimit::Time(_), None) => Some(format!(
-            "{entries} entries behind and not caught up since start"
-        )),
-        (LagLimit::Time(max), Some(secs)) if secs > max.as_secs_f64() => Some(format!(
-            "lag of {secs:.1}s exceeds {}",
-            humantime::format_duration(max)
-        )),
-        _ => None,
+    let (code, text) = match (limit, f.lag_seconds) {
+        (LagLimit::Entries(max), _) if entries > max => (
+            "lag-exceeded",
+            format!("lag of {entries} entries exceeds {max}"),
+        ),
+        (LagLimit::Time(_), None) => (
+            "lag-unknown",
+            format!("{entries} entries behind and not caught up since start"),
+        ),
+        (LagLimit::Time(max), Some(secs)) if secs > max.as_secs_f64() => (
+            "lag-exceeded",
+            format!(
+                "lag of {secs:.1}s exceeds {}",
+                humantime::format_duration(max)
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Failure { code, text })
+}
+
+/// The node's condition in a word: the most serious of what `f` and the origin probe say.
+fn node_state(f: &Facts, origin: &OriginProbe) -> NodeState {
+    if f.fail_closed {
+        NodeState::FailClosed
+    } else if origin.at.is_none() {
+        NodeState::Starting
+    } else if !origin.ok {
+        NodeState::OriginDown
+    } else if f.halt.is_some() {
+        NodeState::Halted
+    } else if f.draining.is_some() {
+        NodeState::Draining
+    } else {
+        NodeState::Healthy
+    }
+}
+
+/// The public body: `view` without what only the cluster's operators may read. `failure` is
+/// the failed check's code.
+fn public_view(view: &HealthView, failure: Option<&'static str>) -> PublicHealthView {
+    PublicHealthView {
+        role: view.role.clone(),
+        ok: failure.is_none(),
+        state: view.state,
+        draining: view.draining,
+        reason: failure.map(str::to_owned),
+        lag: (view.role == Role::Mirror.as_str()).then_some(PublicLag {
+            entries: view.lag_entries,
+            seconds: view.lag_seconds,
+        }),
     }
 }
 
@@ -623,179 +822,4 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::log::Seq;
-
-    fn mirror(lag_entries: Option<u64>, lag_seconds: Option<f64>) -> Facts {
-        Facts {
-            mirror: true,
-            lag_entries,
-            lag_seconds,
-            ..Facts::default()
-        }
-    }
-
-    fn halt() -> Halt {
-        Halt {
-            seq: Seq(7),
-            reason: "status_mismatch".into(),
-            detail: String::new(),
-        }
-    }
-
-    fn lag(text: &str) -> Option<LagLimit> {
-        LagLimit::from_query(Some(&format!("lag={text}"))).unwrap()
-    }
-
-    #[test]
-    fn lag_is_a_count_or_a_duration() {
-        assert_eq!(LagLimit::from_query(None), Ok(None));
-        assert_eq!(LagLimit::from_query(Some("x=1")), Ok(None));
-        assert_eq!(lag("100"), Some(LagLimit::Entries(100)));
-        assert_eq!(lag("10s"), Some(LagLimit::Time(Duration::from_secs(10))));
-        assert_eq!(
-            lag("1m%2030s"),
-            Some(LagLimit::Time(Duration::from_secs(90)))
-        );
-        for bad in ["", "-1", "10 parsecs", "1.5"] {
-            let err = LagLimit::from_query(Some(&format!("lag={bad}"))).unwrap_err();
-            assert!(err.starts_with("invalid lag"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn verdict_table() {
-        use Check::*;
-        use Verdict::*;
-        let writer = Facts::default();
-        let fail = |s: &str| Fail(s.to_owned());
-        let unhealthy = Facts {
-            unhealthy: Some("origin down".into()),
-            ..mirror(Some(0), Some(0.0))
-        };
-        let halted = Facts {
-            halt: Some(halt()),
-            ..mirror(Some(0), Some(0.0))
-        };
-        let draining = Facts {
-            draining: Some("draining: x".into()),
-            ..writer.clone()
-        };
-        let lagging = mirror(Some(5), Some(30.0));
-        let no_writer = mirror(None, None);
-        let behind = mirror(Some(3), None);
-        let cases: Vec<(&str, &Facts, Check, Option<LagLimit>, Verdict)> = vec![
-            ("writer health", &writer, Health, None, Pass),
-            ("writer writer", &writer, Writer, None, Pass),
-            (
-                "writer mirror",
-                &writer,
-                Mirror,
-                None,
-                fail("this node is the writer"),
-            ),
-            (
-                "writer read-only, lag ignored",
-                &writer,
-                ReadOnly,
-                lag("0"),
-                Pass,
-            ),
-            (
-                "mirror writer",
-                &lagging,
-                Writer,
-                None,
-                fail("this node is a mirror"),
-            ),
-            ("no limit", &lagging, Mirror, None, Pass),
-            ("within", &lagging, Mirror, lag("5"), Pass),
-            (
-                "entries",
-                &lagging,
-                Readiness,
-                lag("4"),
-                fail("lag of 5 entries exceeds 4"),
-            ),
-            ("seconds ok", &lagging, ReadOnly, lag("1m"), Pass),
-            (
-                "seconds",
-                &lagging,
-                Mirror,
-                lag("10s"),
-                fail("lag of 30.0s exceeds 10s"),
-            ),
-            ("no writer, no limit", &no_writer, Mirror, None, Pass),
-            (
-                "no writer",
-                &no_writer,
-                Mirror,
-                lag("1000"),
-                fail("writer unreachable; lag unknown"),
-            ),
-            (
-                "never caught up",
-                &behind,
-                Mirror,
-                lag("1h"),
-                fail("3 entries behind and not caught up since start"),
-            ),
-            ("never caught up, by count", &behind, Mirror, lag("3"), Pass),
-            ("unhealthy", &unhealthy, Health, None, fail("origin down")),
-            (
-                "unhealthy ready",
-                &unhealthy,
-                ReadOnly,
-                None,
-                fail("origin down"),
-            ),
-            ("halted healthy", &halted, Health, None, Pass),
-            (
-                "halted",
-                &halted,
-                Mirror,
-                None,
-                fail("halted at entry 7 (status_mismatch)"),
-            ),
-            ("draining healthy", &draining, Health, None, Pass),
-            (
-                "draining",
-                &draining,
-                Readiness,
-                None,
-                Draining("draining: x".into()),
-            ),
-            (
-                "draining writer",
-                &draining,
-                Writer,
-                None,
-                Draining("draining: x".into()),
-            ),
-        ];
-        for (name, facts, check, limit, want) in cases {
-            assert_eq!(verdict(facts, check, limit), want, "{name}");
-        }
-    }
-
-    /// 404 (drain_status) is only for "draining and nothing else": a draining node that is also
-    /// down says 503, so HAProxy marks it down rather than in maintenance.
-    #[test]
-    fn draining_is_only_the_answer_when_nothing_else_is_wrong() {
-        let f = Facts {
-            draining: Some("draining: x".into()),
-            halt: Some(halt()),
-            ..mirror(Some(0), Some(0.0))
-        };
-        assert!(matches!(verdict(&f, Check::Mirror, None), Verdict::Fail(_)));
-        let f = Facts {
-            draining: Some("draining: x".into()),
-            ..mirror(Some(9), Some(0.0))
-        };
-        assert!(matches!(
-            verdict(&f, Check::Mirror, lag("1")),
-            Verdict::Fail(_)
-        ));
-    }
-}
+mod tests;

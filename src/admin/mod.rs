@@ -1,9 +1,11 @@
 //! The admin listener (loopback by default): what operators and the CLI use.
 //!
 //! Endpoints:
+//! * `GET /` — the status page: HTML for a browser, reloading itself ([`page`]).
 //! * `GET|HEAD|OPTIONS /liveness`, `/health`, `/readiness?lag=L`, `/writer`, `/mirror?lag=L`,
 //!   `/read-only?lag=L` — health checks for load balancers, from cached state ([`health`]).
-//! * `GET /api/v1/status` — node name, role, last sequence number, fail-closed latch.
+//! * `GET /api/v1/status` — node name, role, last sequence number, fail-closed latch, mirrors,
+//!   health (state, drain reason).
 //! * `GET /api/v1/log?before=N&limit=M` — entries, newest first (summaries).
 //! * `GET /api/v1/log/N` — one entry in full, secrets masked.
 //! * `GET /api/v1/blob/HASH` — a blob's bytes, verified against its hash first.
@@ -19,6 +21,7 @@ pub mod actions;
 pub mod api;
 pub mod health;
 pub mod metrics;
+pub mod page;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -86,7 +89,12 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let name = path.strip_prefix('/').unwrap_or(&path);
-    if let Some(resp) = state.health.respond(req.method(), name, req.uri().query()) {
+    if let Some(resp) = state.health.respond(
+        health::Listener::Admin,
+        req.method(),
+        name,
+        req.uri().query(),
+    ) {
         return resp;
     }
     let mut resp = if req.method() == Method::POST {
@@ -110,6 +118,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<ProxyBody
 
 async fn get(state: &AdminState, path: &str, query: &str) -> Response<ProxyBody> {
     match path {
+        "/" => page::render(state).await,
         "/api/v1/status" => api::status(state).await,
         "/metrics" => metrics::scrape(state).await,
         "/api/v1/log" => api::list(state, query).await,

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::{self, AccessLog};
+use crate::admin::health::Listener;
 use crate::admin::metrics::{Action, Metrics, PathKind};
 use crate::admin::Health;
 use crate::body::GuardedBody;
@@ -639,10 +640,10 @@ fn join_cookies(h: &mut HeaderMap) {
 }
 
 /// copyist's own answers under the reserved prefix: the admin listener's health endpoints,
-/// for load balancers that can only probe the traffic port.
+/// for load balancers that can only probe the traffic port, with the public body (no internals).
 fn reserved(health: &Health, parts: &RequestParts) -> Response<ProxyBody> {
     let answer = (parts.uri.path().strip_prefix(RESERVED_PREFIX))
-        .and_then(|name| health.respond(&parts.method, name, parts.uri.query()));
+        .and_then(|name| health.respond(Listener::Public, &parts.method, name, parts.uri.query()));
     let mut resp = answer
         .unwrap_or_else(|| text_response(StatusCode::NOT_FOUND, "no such copyist endpoint\n"));
     resp.headers_mut()

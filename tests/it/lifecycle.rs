@@ -88,6 +88,8 @@ async fn notifies_systemd_and_drains_before_it_stops_on_sigterm() {
     let r = admin.get("/readiness").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("shutting down"), "{}", r.text());
+    let status = admin.get("/api/v1/status").await.text();
+    assert!(status.contains(r#""drain":"shutting down""#), "{status}");
     assert_eq!(child.try_wait().unwrap(), None, "stopped before draining");
     let status = tokio::task::block_in_place(|| child.wait()).unwrap();
     assert!(status.success(), "exit status {status}");

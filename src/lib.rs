@@ -66,7 +66,8 @@
 //! With the `failpoints` cargo feature (tests only: `scripts/check.sh` turns it on, a release
 //! build never does) `copyist run` reads `FAILPOINTS=NAME=return` at start and aborts the
 //! process (`std::process::abort`, SIGABRT: a panic would only end one tokio task) when it
-//! reaches the point `NAME`. Without the feature every point compiles to nothing.
+//! reaches the point `NAME`. Without the feature every point compiles to nothing: fail 0.5's
+//! `fail_point!` then expands to `{}` (checked: such a binary holds none of the names below).
 //! `tests/it/crashpoints.rs` crashes a node at each point and checks what a restart finds.
 //!
 //! | Point | Where | The crash leaves |

@@ -30,8 +30,9 @@ if [ -n "$pkgs" ]; then
 fi
 
 cargo fmt --all --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked "$@"
+cargo clippy --all-targets --all-features --locked -- -D warnings
+# The crash-point tests (tests/it/crashpoints.rs) need the crash points compiled in.
+cargo test --locked --features failpoints "$@"
 
 # The README's demo command, unattended: a writer and two mirrors must converge. Outside CI a
 # ./demo left from your own demo is kept, and this step says it was not run.

@@ -74,6 +74,28 @@
 //!   once; it halts on any difference and only an audited operator action moves it on.
 //! * Only `log` touches sled; only `blobs` touches the blob directory; `ship` never calls the
 //!   origin; `admin` writes nothing but audited operator actions.
+//!
+//! # Crash points
+//! With the `failpoints` cargo feature (tests only: `scripts/check.sh` turns it on, a release
+//! build never does) `copyist run` reads `FAILPOINTS=NAME=return` at start and aborts the
+//! process (`std::process::abort`, SIGABRT: a panic would only end one tokio task) when it
+//! reaches the point `NAME`. Without the feature every point compiles to nothing: fail 0.5's
+//! `fail_point!` then expands to `{}` (checked: such a binary holds none of the names below).
+//! `tests/it/crashpoints.rs` crashes a node at each point and checks what a restart finds.
+//!
+//! | Point | Where | The crash leaves |
+//! |---|---|---|
+//! | `before_append` | writer, [`capture`], write lock held, before `Log::append_pending` | no entry; the CMS saw nothing |
+//! | `after_append_before_sync` | writer, [`log`], the new entry's sled transaction applied, before flush and fsync | no entry, or an `in-doubt` one (the CMS saw nothing) |
+//! | `after_sync_before_cms` | writer, [`capture`], entry durably `pending`, before the CMS | `in-doubt` entry the CMS never saw; shipping waits for `resolve` |
+//! | `after_cms_before_outcome` | writer, [`capture`], the CMS answered, before `Log::settle` | `in-doubt` entry the CMS did apply; shipping waits for `resolve` |
+//! | `after_outcome_before_reply` | writer, [`capture`], outcome durable, before the client's answer | `accepted` entry (shipped); the client got no answer |
+//! | `mid_replicate_send` | writer, [`ship`], a mirror's answer to an entry arrived, before it is handled | the mirror has it (once); the restarted writer ships from the mirror's position |
+//! | `after_receive` | mirror, [`apply`], entry decoded, before anything is stored | nothing stored; the writer sends it again |
+//! | `after_intent_before_cms` | mirror, [`apply`], entry durably `applying`, before the CMS | halted `in_doubt`, the CMS never saw it (operator: `retry`) |
+//! | `after_cms_before_applied` | mirror, [`apply`], the CMS answered, before `Log::finish_apply` | halted `in_doubt`, the CMS applied it (operator: `skip`) |
+//! | `after_applied_before_ack` | mirror, [`apply`], `applied` durable, before the writer's answer | applied once; a resend is answered from the record |
+//! | `during_recovery` | either, [`log`], `Log::open` found unsettled entries, before it settles them | the same state as before that start: the next start recovers it |
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod access_log;

@@ -9,6 +9,10 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = copyist::cli::Cli::parse();
     init_tracing();
+    // The crash points of the crash tests, armed by FAILPOINTS=name=return (src/lib.rs lists
+    // them). Without the `failpoints` feature this line and every `fail_point!` are not compiled.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

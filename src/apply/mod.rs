@@ -397,6 +397,7 @@ impl Replication {
                 return text_response(StatusCode::BAD_REQUEST, format!("undecodable entry: {e}\n"))
             }
         };
+        fail::fail_point!("after_receive", |_| std::process::abort());
         // Applying runs in its own task: a writer that disconnects (or is killed) mid-request
         // must not cancel it between `begin_apply` and `finish_apply`, which would leave the
         // entry `applying` with nobody finishing it.
@@ -471,8 +472,10 @@ impl Replication {
         let record = entry.clone();
         // The CMS is contacted only after the entry is durably `applying`.
         blocking(move || log.begin_apply(record)).await?;
+        fail::fail_point!("after_intent_before_cms", |_| std::process::abort());
         let started = Instant::now();
         let result = self.replay(&entry, body).await;
+        fail::fail_point!("after_cms_before_applied", |_| std::process::abort());
         let rule = inner.compare.rule_for(target_path(&entry.request.target));
         let (mirror_outcome, verdict) = match result {
             Ok(collected) => {
@@ -524,6 +527,7 @@ impl Replication {
         let outcome = mirror_outcome.clone();
         let halt = verdict.clone().err();
         let state = blocking(move || log.finish_apply(Seq(seq), outcome, verdict, cookies)).await?;
+        fail::fail_point!("after_applied_before_ack", |_| std::process::abort());
         if state == EntryState::Applied {
             inner.applied.send_replace(seq);
         }

@@ -245,11 +245,14 @@ impl Capture {
             return Err(CaptureError::FailClosed);
         }
         // Step 3: no request reaches the origin unless its entry is durably Pending first.
+        fail::fail_point!("before_append", |_| std::process::abort());
         let seq = self.append_pending(record).await?;
         tracing::Span::current().record("seq", seq.0);
+        fail::fail_point!("after_sync_before_cms", |_| std::process::abort());
         // Step 4.
         let started = Instant::now();
         let result = self.forward(&req, &body, config.max_response_buffer).await;
+        fail::fail_point!("after_cms_before_outcome", |_| std::process::abort());
         if result.is_ok() {
             inner
                 .metrics
@@ -264,6 +267,7 @@ impl Capture {
         };
         let (event, outcome, answer) = settle_decision(config, result, observed, started);
         let state = self.settle(seq, event, outcome).await?;
+        fail::fail_point!("after_outcome_before_reply", |_| std::process::abort());
         drop(_lock);
         inner.metrics.observe_capture(received.elapsed());
         tracing::debug!(state = state.as_str(), "captured");

@@ -350,6 +350,7 @@ impl Log {
             (_, None) => None,
         };
         if !writes.is_empty() {
+            fail::fail_point!("during_recovery", |_| std::process::abort());
             self.commit(&mut writer, &writes)?;
             tracing::warn!(
                 ?recovered,
@@ -496,7 +497,12 @@ impl Log {
     fn commit(&self, writer: &mut Writer, writes: &[Write]) -> Result<(), LogError> {
         let result = self
             .transact(writes)
-            .and_then(|()| self.inner.db.flush().map_err(LogError::from))
+            .and_then(|()| {
+                fail::fail_point!("after_append_before_sync", is_append(writes), |_| {
+                    std::process::abort()
+                });
+                self.inner.db.flush().map_err(LogError::from)
+            })
             .and_then(|_bytes| writer.syncer.commit());
         if let Err(error) = &result {
             self.poison();
@@ -617,4 +623,14 @@ fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether `writes` are [`Log::append_pending`]'s (a new writer entry), for the
+/// `after_append_before_sync` crash point. Without the `failpoints` feature nothing calls it.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn is_append(writes: &[Write]) -> bool {
+    matches!(
+        writes,
+        [Write::Entry(..), Write::NextSeq(_), Write::Unsettled(_)]
+    )
 }

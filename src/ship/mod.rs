@@ -261,6 +261,7 @@ impl Shipper {
             };
             let Some(reply) = reply else { continue };
             let seq = queued.pop_front().unwrap_or(0);
+            fail::fail_point!("mid_replicate_send", |_| std::process::abort());
             match reply? {
                 EntryReply::Done(answer) => {
                     if let Some(halt) = answer.halt {

@@ -12,6 +12,9 @@ mod cli;
 mod cluster;
 mod cms;
 mod crash;
+// Needs the crash points compiled in: `cargo test --features failpoints` (scripts/check.sh).
+#[cfg(feature = "failpoints")]
+mod crashpoints;
 mod durability;
 mod haproxy;
 mod health;

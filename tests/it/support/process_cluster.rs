@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -57,11 +57,89 @@ pub struct ProcNode {
 impl ProcNode {
     /// Starts (or restarts) the process on the same config and data dir.
     pub async fn start(&mut self) {
+        self.start_with(&[]).await;
+    }
+
+    /// Like [`ProcNode::start`], with extra environment variables for this run only (e.g.
+    /// `FAILPOINTS`).
+    pub async fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "{} is already running", self.name);
-        let p = spawn(&self.config_path, &self.data_dir, &self.log_path).await;
+        let p = spawn(&self.config_path, &self.data_dir, &self.log_path, env).await;
         self.pids.push(p.child.id());
         self.proc = Some(p);
         self.starts += 1;
+    }
+
+    /// Starts the process with `env` expecting it to exit before it serves (a crash point on
+    /// the way up); returns how it exited. Panics if it comes up instead.
+    pub async fn start_expecting_exit(&mut self, env: &[(&str, &str)]) -> ExitStatus {
+        assert!(self.proc.is_none(), "{} is already running", self.name);
+        let _ = std::fs::remove_file(self.data_dir.join("admin.addr"));
+        let mut child = command(&self.config_path, &self.log_path, env)
+            .spawn()
+            .unwrap();
+        self.pids.push(child.id());
+        self.starts += 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if self.data_dir.join("admin.addr").exists() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} came up (or hung) instead of exiting at start\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits (bounded) for the running process to exit by itself (a crash point fired);
+    /// returns how it exited.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let mut p = self.proc.take().expect("node is not running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                p.kill9();
+                panic!(
+                    "{} did not exit within {within:?}\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGTERM (a graceful stop), then waits for the exit; returns how it exited.
+    pub async fn sigterm(&mut self) -> ExitStatus {
+        let pid = self.proc.as_ref().expect("node is not running").child.id();
+        let ok = Command::new("kill")
+            .args(["-s", "TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM {pid} failed");
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+
+    /// How long this node's log file is now: pass it to [`ProcNode::log_since`].
+    pub fn log_mark(&self) -> usize {
+        std::fs::read(&self.log_path).map_or(0, |b| b.len())
+    }
+
+    /// What this node logged since `mark`.
+    pub fn log_since(&self, mark: usize) -> String {
+        let bytes = std::fs::read(&self.log_path).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(mark..).unwrap_or_default()).into_owned()
     }
 
     /// SIGKILL, and reap it. Returns the pid killed.
@@ -170,24 +248,11 @@ impl ProcNode {
 /// Starts `copyist run -c config`, appending its stderr to `log`, and waits until its admin API
 /// answers. A start that fails because the fixed replication port is briefly taken (by an
 /// outgoing connection's ephemeral port) is retried.
-async fn spawn(config: &Path, data: &Path, log: &Path) -> NodeProcess {
+async fn spawn(config: &Path, data: &Path, log: &Path, env: &[(&str, &str)]) -> NodeProcess {
     let deadline = Instant::now() + Duration::from_secs(20);
     'attempt: loop {
         let _ = std::fs::remove_file(data.join("admin.addr"));
-        let err = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = Command::new(super::node::binary())
-            .arg("run")
-            .arg("-c")
-            .arg(config)
-            .env("COPYIST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
+        let child = command(config, log, env).spawn().unwrap();
         let mut p = NodeProcess {
             child,
             config_path: config.to_path_buf(),
@@ -230,6 +295,24 @@ async fn spawn(config: &Path, data: &Path, log: &Path) -> NodeProcess {
     }
 }
 
+/// `copyist run -c config` with stderr appended to `log` and `env` added.
+fn command(config: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = Command::new(super::node::binary());
+    cmd.arg("run")
+        .arg("-c")
+        .arg(config)
+        .env("COPYIST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(err);
+    cmd
+}
+
 /// How to build a [`ProcessCluster`].
 #[derive(Clone, Default)]
 pub struct ProcessClusterOpts {
@@ -239,6 +322,8 @@ pub struct ProcessClusterOpts {
     pub mirror_origin: String,
     /// Extra lines inside the writer's `[replication]` (e.g. `window = 4`).
     pub writer_replication: String,
+    /// Whole sections appended to both nodes' configs (e.g. `[health]`).
+    pub extra: String,
 }
 
 /// A writer and one mirror (`mirror-1`), both real processes.
@@ -292,8 +377,9 @@ impl ProcessCluster {
         let port = free_port();
         let mirror_data = root.path().join("mirror-1");
         let mirror_extra = format!(
-            "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:9\"\n",
-            replication_section_at(certs.path(), "mirror-1", &format!("127.0.0.1:{port}"))
+            "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:9\"\n\n{}\n",
+            replication_section_at(certs.path(), "mirror-1", &format!("127.0.0.1:{port}")),
+            opts.extra
         );
         let mirror_config = root.path().join("mirror-1.toml");
         std::fs::write(
@@ -324,9 +410,10 @@ impl ProcessCluster {
         let writer_cms = PhpCms::start();
         let writer_data = root.path().join("writer");
         let writer_extra = format!(
-            "{}{}\n\n[[mirrors]]\nname = \"mirror-1\"\nurl = \"https://127.0.0.1:{port}\"\n",
+            "{}{}\n\n[[mirrors]]\nname = \"mirror-1\"\nurl = \"https://127.0.0.1:{port}\"\n\n{}\n",
             replication_section_at(certs.path(), "writer", "127.0.0.1:0"),
-            opts.writer_replication
+            opts.writer_replication,
+            opts.extra
         );
         let writer_config = root.path().join("writer.toml");
         std::fs::write(

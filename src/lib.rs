@@ -38,6 +38,7 @@
 //! * [`cluster`] — writes that reach a mirror: forwarded to the writer, read-your-writes.
 //! * [`log`] — the durable log (the only module that names sled).
 //! * [`blobs`] — content-addressed blob files (the only module that touches the blob dir).
+//! * [`crypt`] — optional encryption at rest: the node key, sealed log values, sealed streams.
 //! * [`origin`] — pooled client to the local CMS, every origin timeout, response collection.
 //! * [`ship`] — writer side of replication: a shipper per mirror and its mTLS peer client.
 //! * [`apply`] — mirror side: the replication listener, ordered apply, cookie sessions.
@@ -72,6 +73,7 @@ pub mod cli;
 pub mod cluster;
 pub mod compare;
 pub mod config;
+pub mod crypt;
 pub mod error;
 pub mod log;
 pub mod node;

@@ -605,8 +605,7 @@ impl Replication {
         let payload: ProxyBody = match body {
             ReplayBody::Inline(bytes) => full(bytes),
             ReplayBody::File(file) => {
-                let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-                let frames = futures_util::StreamExt::map(stream, |c| {
+                let frames = futures_util::StreamExt::map(file.into_stream(), |c| {
                     c.map(hyper::body::Frame::data).map_err(BoxError::from)
                 });
                 http_body_util::StreamBody::new(frames).boxed_unsync()
@@ -622,7 +621,8 @@ impl Replication {
         let deadline = inner.origin.response_timeout();
         let exchange = async {
             let resp = inner.origin.send(req).await?;
-            response::collect(resp, inner.max_response_buffer, &inner.spill_dir).await
+            let seal = inner.blobs.is_encrypted();
+            response::collect(resp, inner.max_response_buffer, &inner.spill_dir, seal).await
         };
         match tokio::time::timeout(deadline, exchange).await {
             Ok(result) => result,
@@ -682,7 +682,7 @@ impl Replication {
 /// A replay body: in memory, or a verified blob file.
 enum ReplayBody {
     Inline(Bytes),
-    File(std::fs::File),
+    File(crate::blobs::BlobReader),
 }
 
 /// Why an entry was not applied now.

@@ -518,7 +518,9 @@ pub struct BlobReader {
 
 enum Source {
     Plain(File),
-    Sealed(SealedReader<File>),
+    /// Boxed: the reader carries its cipher state and header, and a plain blob should not pay
+    /// for that space.
+    Sealed(Box<SealedReader<File>>),
 }
 
 impl fmt::Debug for BlobReader {
@@ -563,7 +565,7 @@ impl BlobReader {
             hash,
             path: path.to_path_buf(),
             len,
-            source: Source::Sealed(reader),
+            source: Source::Sealed(Box::new(reader)),
         })
     }
 
@@ -805,6 +807,194 @@ mod tests {
                 matches!(bad.parse::<BlobHash>(), Err(BlobError::BadHash(_))),
                 "{bad:?}"
             );
+        }
+    }
+
+    // --- encryption at rest ---
+
+    use crate::crypt::stream::SEGMENT;
+    use crate::crypt::NodeKey;
+
+    fn key(n: u8) -> NodeKey {
+        NodeKey::from_hex(&format!("{n:02x}").repeat(32)).unwrap()
+    }
+
+    fn sealed_store(dir: &tempfile::TempDir, key: Option<&NodeKey>) -> BlobStore {
+        BlobStore::open_with_key(&dir.path().join("blobs"), key).unwrap()
+    }
+
+    /// `len` bytes with a canary every 10,000 bytes.
+    fn canary_data(len: usize) -> Vec<u8> {
+        let mut out: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        for at in (0..len.saturating_sub(6)).step_by(10_000) {
+            out[at..at + 6].copy_from_slice(b"CANARY");
+        }
+        out
+    }
+
+    fn has_canary(bytes: &[u8]) -> bool {
+        bytes.windows(6).any(|w| w == b"CANARY")
+    }
+
+    fn read_all(mut r: BlobReader) -> Vec<u8> {
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn sealed_blobs_round_trip_at_segment_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(&dir, Some(&key(1)));
+        assert!(store.is_encrypted());
+        for len in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 5] {
+            let data = canary_data(len);
+            let hash = put(&store, &data.chunks(5000).collect::<Vec<_>>());
+            // Named by the plaintext's hash, as without encryption.
+            assert_eq!(hash, BlobHash::from(blake3::hash(&data)), "len {len}");
+            let raw = fs::read(store.sealed_path_of(&hash)).unwrap();
+            assert!(!store.path_of(&hash).exists(), "no plaintext copy");
+            assert!(len < 6 || !has_canary(&raw), "len {len}");
+            assert_eq!(
+                raw.len() as u64,
+                crate::crypt::stream::sealed_len(len as u64)
+            );
+            assert!(store.has(&hash));
+            assert_eq!(store.len(&hash).unwrap(), len as u64);
+            let reader = store.open_verified(&hash).unwrap();
+            assert_eq!(reader.len(), len as u64);
+            assert_eq!(read_all(reader), data, "len {len}");
+            assert_eq!(read_all(store.open_unverified(&hash).unwrap()), data);
+        }
+        assert_eq!(tmp_files(&store), 0);
+    }
+
+    #[test]
+    fn a_sealed_blob_being_written_is_sealed_in_its_temp_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(&dir, Some(&key(1)));
+        let mut w = store.writer().unwrap();
+        w.write(&canary_data(3 * SEGMENT)).unwrap();
+        let tmp = fs::read_dir(store.dir.join(TMP_DIR)).unwrap();
+        for file in tmp {
+            let bytes = fs::read(file.unwrap().path()).unwrap();
+            assert!(
+                bytes.len() > 2 * SEGMENT,
+                "segments are written as they fill"
+            );
+            assert!(!has_canary(&bytes));
+        }
+        drop(w);
+        assert_eq!(tmp_files(&store), 0);
+    }
+
+    #[test]
+    fn a_tampered_sealed_blob_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(&dir, Some(&key(1)));
+        let data = canary_data(2 * SEGMENT + 10);
+        let hash = put(&store, &[&data]);
+        let path = store.sealed_path_of(&hash);
+        let good = fs::read(&path).unwrap();
+        for at in [40, SEGMENT + 100, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 1;
+            fs::write(&path, &bad).unwrap();
+            let err = store.open_verified(&hash).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BlobError::Sealed {
+                        source: CryptError::Auth,
+                        ..
+                    }
+                ),
+                "flip at {at}: {err}"
+            );
+            // Read unverified, the damage still surfaces as an error, never as bytes.
+            let mut r = store.open_unverified(&hash).unwrap();
+            assert!(std::io::copy(&mut r, &mut std::io::sink()).is_err());
+        }
+        // Cut at a segment boundary: the length is no sealed blob's.
+        fs::write(&path, &good[..HEADER_LEN + SEGMENT + 16]).unwrap();
+        assert!(matches!(
+            store.open_verified(&hash),
+            Err(BlobError::Sealed { .. })
+        ));
+        fs::write(&path, &good).unwrap();
+        assert!(store.open_verified(&hash).is_ok());
+    }
+
+    #[test]
+    fn a_sealed_blob_needs_this_nodes_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = put(&sealed_store(&dir, Some(&key(1))), &[b"secret body"]);
+
+        let other = sealed_store(&dir, Some(&key(2)));
+        assert!(
+            !other.has(&hash),
+            "a copy this node cannot read does not count"
+        );
+        let err = other.open_verified(&hash).unwrap_err().to_string();
+        assert!(err.contains("a key this node does not have"), "{err}");
+        assert!(err.contains(&key(1).id().to_string()), "{err}");
+
+        let plain = sealed_store(&dir, None);
+        assert!(!plain.has(&hash));
+        let err = plain.open_verified(&hash).unwrap_err().to_string();
+        assert!(err.contains("encryption_key_file"), "{err}");
+
+        // A push of the same content under another key replaces the unreadable copy.
+        assert_eq!(put(&other, &[b"secret body"]), hash);
+        assert!(other.has(&hash));
+        assert_eq!(
+            read_all(other.open_verified(&hash).unwrap()),
+            b"secret body"
+        );
+    }
+
+    #[test]
+    fn plaintext_blobs_stay_readable_when_encryption_is_switched_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = put(&sealed_store(&dir, None), &[b"from before"]);
+        let store = sealed_store(&dir, Some(&key(1)));
+        assert!(store.has(&hash));
+        assert_eq!(store.len(&hash).unwrap(), 11);
+        assert_eq!(
+            read_all(store.open_verified(&hash).unwrap()),
+            b"from before"
+        );
+        // Written again with the key: a sealed copy joins it, and is the one read.
+        assert_eq!(put(&store, &[b"from before"]), hash);
+        assert!(store.sealed_path_of(&hash).is_file());
+        assert!(format!("{:?}", store.open_verified(&hash).unwrap()).contains("sealed: true"));
+    }
+
+    #[test]
+    fn identical_sealed_content_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sealed_store(&dir, Some(&key(1)));
+        let a = put(&store, &[&[7u8; 100_000]]);
+        let before = fs::read(store.sealed_path_of(&a)).unwrap();
+        assert_eq!(put(&store, &[&[7u8; 100_000]]), a);
+        // Dedup kept the first copy (a rewrite would have a fresh nonce prefix).
+        assert_eq!(fs::read(store.sealed_path_of(&a)).unwrap(), before);
+        let hex = a.to_string();
+        assert_eq!(fs::read_dir(store.dir.join(&hex[..2])).unwrap().count(), 1);
+        assert_eq!(tmp_files(&store), 0);
+    }
+
+    #[tokio::test]
+    async fn blobs_stream_asynchronously_sealed_or_not() {
+        use futures_util::TryStreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = canary_data(2 * SEGMENT + 3);
+        for key in [None, Some(key(1))] {
+            let store = sealed_store(&dir, key.as_ref());
+            let hash = put(&store, &[&data]);
+            let reader = store.open_verified(&hash).unwrap();
+            let chunks: Vec<Bytes> = reader.into_stream().try_collect().await.unwrap();
+            assert_eq!(chunks.concat(), data);
         }
     }
 

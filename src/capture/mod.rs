@@ -364,7 +364,13 @@ impl Capture {
         let exchange = async {
             let resp = inner.origin.send(out).await?;
             let seal = inner.blobs.is_encrypted();
-            response::collect(resp, inner.config.max_response_buffer, &inner.spill_dir, seal).await
+            response::collect(
+                resp,
+                inner.config.max_response_buffer,
+                &inner.spill_dir,
+                seal,
+            )
+            .await
         };
         match tokio::time::timeout(deadline, exchange).await {
             Ok(result) => result,

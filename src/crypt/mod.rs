@@ -184,11 +184,8 @@ impl NodeKey {
     /// and between them (a trailing newline, a line break from an editor). The error never
     /// quotes the text.
     pub fn from_hex(text: &str) -> Result<NodeKey, String> {
-        let digits: Zeroizing<Vec<u8>> = Zeroizing::new(
-            text.bytes()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect(),
-        );
+        let digits: Zeroizing<Vec<u8>> =
+            Zeroizing::new(text.bytes().filter(|b| !b.is_ascii_whitespace()).collect());
         if let Some(at) = digits.iter().position(|b| !b.is_ascii_hexdigit()) {
             return Err(format!(
                 "expected 64 hex digits; found a character that is not one (at digit {})",

@@ -82,10 +82,7 @@ impl StreamKey {
         random(&mut key[..])?;
         let mut id = [0u8; KEY_ID_LEN];
         random(&mut id)?;
-        Ok(StreamKey {
-            id: KeyId(id),
-            key,
-        })
+        Ok(StreamKey { id: KeyId(id), key })
     }
 
     /// The id written into every stream this key seals.
@@ -163,6 +160,11 @@ impl<W: Write> SealWriter<W> {
             encryptor: Some(encryptor),
             buf: Vec::with_capacity(SEALED_SEGMENT),
         })
+    }
+
+    /// The inner writer (what reached it so far is the header and the full segments).
+    pub fn get_ref(&self) -> &W {
+        &self.inner
     }
 
     /// Seals the last segment and returns the inner writer (not flushed, not fsynced).

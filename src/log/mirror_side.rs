@@ -240,7 +240,8 @@ impl Log {
         }
         found
             .map(|bytes| {
-                String::from_utf8(bytes).map_err(|_| LogError::Codec(format!("{what} is not UTF-8")))
+                String::from_utf8(bytes)
+                    .map_err(|_| LogError::Codec(format!("{what} is not UTF-8")))
             })
             .transpose()
     }

@@ -44,6 +44,8 @@ mod mirror_side;
 #[cfg(test)]
 mod replication_tests;
 #[cfg(test)]
+mod sealed_tests;
+#[cfg(test)]
 mod tests;
 mod writer_side;
 
@@ -314,6 +316,9 @@ impl Log {
         let meta = db.open_tree(META)?;
         let unsettled = db.open_tree(UNSETTLED)?;
         let cookies = db.open_tree(COOKIES)?;
+        if let Some((_, newest)) = entries.last()? {
+            codec::check_key(cipher.as_ref(), &newest)?;
+        }
         // Before any entry is written: make what sled created or recovered (files, the trees
         // just opened) durable, fsyncing the files sled never fsyncs itself.
         db.flush()?;

@@ -60,6 +60,8 @@
 //! * Once the log or blob store fails to write, captured requests get 503 until restart.
 //! * A mirror applies a gap-free, strictly increasing prefix of sequence numbers, each at most
 //!   once; it halts on any difference and only an audited operator action moves it on.
+//! * With `[log] encryption_key_file` set, nothing copyist stores under `data_dir` (log values,
+//!   blobs, response spills) holds client data in the clear; keys are per node.
 //! * Only `log` touches sled; only `blobs` touches the blob directory; `ship` never calls the
 //!   origin; `admin` writes nothing but audited operator actions.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]

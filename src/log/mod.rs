@@ -32,7 +32,7 @@
 //! * `cookies` (mirror): cookie name + writer's value → the mirror's value.
 //!
 //! # Encryption at rest
-//! Opened with a key ([`Log::open_with_key`]), every value is sealed in [`Log::commit`] just
+//! Opened with a key ([`Log::open_with_key`]), every value is sealed in `Log::commit` just
 //! before its transaction, and opened on read; the format and what stays plaintext are in
 //! `codec.rs`. Values written without a key stay readable; a sealed value read without the
 //! key (or with another) is a [`LogError::Codec`] naming the key ids, never a panic.

@@ -45,6 +45,7 @@ mod mirror_side;
 mod replication_tests;
 #[cfg(test)]
 mod sealed_tests;
+mod stored;
 #[cfg(test)]
 mod tests;
 mod writer_side;
@@ -63,12 +64,11 @@ pub use entry::{
     Outcome, PartInfo, RequestRecord, Seq,
 };
 
-use codec::{
-    decode_entry, decode_u64, decode_value, encode_entry, encode_u64, key_seq, seq_key, Place,
-};
+use codec::{decode_u64, encode_entry, encode_u64, key_seq, seq_key};
 use durable::{io_err, SyncStats, Syncer};
 
 use crate::crypt::{NodeKey, ValueCipher};
+use stored::decode_meta;
 
 /// The trees' names, as sled knows them and as sealed values' associated data names them.
 const ENTRIES: &str = "entries";
@@ -235,33 +235,6 @@ impl Write {
 
     fn meta_u64(key: &[u8], value: u64) -> Write {
         Write::MetaU64(key.to_vec(), value)
-    }
-
-    /// This write as stored with `cipher`: values sealed, a cookie key blinded.
-    fn sealed(&self, cipher: &ValueCipher) -> Result<Write, LogError> {
-        Ok(match self {
-            Write::Entry(seq, bytes) => {
-                let place = Place {
-                    tree: ENTRIES,
-                    key: &seq_key(*seq),
-                };
-                Write::Entry(*seq, codec::seal(cipher, place, bytes)?.into())
-            }
-            Write::Meta(key, bytes) => {
-                let place = Place { tree: META, key };
-                Write::Meta(key.clone(), codec::seal(cipher, place, bytes)?.into())
-            }
-            Write::Cookie(key, bytes) => {
-                let key = codec::blind_key(cipher, key);
-                let place = Place {
-                    tree: COOKIES,
-                    key: &key,
-                };
-                let sealed = codec::seal(cipher, place, bytes)?;
-                Write::Cookie(key, sealed.into())
-            }
-            other => other.clone(),
-        })
     }
 }
 
@@ -687,58 +660,6 @@ fn next_seq(entries: &Tree, meta: &Tree) -> Result<Seq, LogError> {
         None => 1,
     };
     Ok(Seq(stored.max(after_last).max(1)))
-}
-
-/// Opens (if sealed) and decodes a `meta` value stored under `key`.
-fn decode_meta<T: serde::de::DeserializeOwned>(
-    cipher: Option<&ValueCipher>,
-    key: &[u8],
-    bytes: &[u8],
-    what: &str,
-) -> Result<T, LogError> {
-    let place = Place { tree: META, key };
-    decode_value(&codec::unseal(cipher, place, bytes, what)?, what)
-}
-
-impl Log {
-    /// Opens (if sealed) and decodes an entry, and checks it is the one its key names.
-    fn decode_stored(&self, seq: Seq, bytes: &[u8]) -> Result<Entry, LogError> {
-        let place = Place {
-            tree: ENTRIES,
-            key: &seq_key(seq),
-        };
-        let what = format!("entry {seq}");
-        let entry = codec::unseal(self.inner.cipher.as_ref(), place, bytes, &what)
-            .and_then(|plain| decode_entry(&plain))
-            .map_err(|e| match e {
-                LogError::Codec(msg) if !msg.contains(&what) => {
-                    LogError::Codec(format!("{what}: {msg}"))
-                }
-                other => other,
-            })?;
-        if entry.seq != seq {
-            return Err(LogError::Codec(format!(
-                "entry stored under {seq} says it is {}",
-                entry.seq
-            )));
-        }
-        Ok(entry)
-    }
-
-    fn decode_pair(&self, item: sled::Result<(IVec, IVec)>) -> Result<Entry, LogError> {
-        let (key, value) = item?;
-        self.decode_stored(key_seq(&key)?, &value)
-    }
-
-    /// Opens (if sealed) and decodes a `meta` value.
-    fn decode_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-        bytes: &[u8],
-        what: &str,
-    ) -> Result<T, LogError> {
-        decode_meta(self.inner.cipher.as_ref(), key, bytes, what)
-    }
 }
 
 fn now_unix_ms() -> u64 {

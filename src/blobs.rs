@@ -8,6 +8,17 @@
 //! can log an entry that names it. `finish` fsyncs the file before the rename (otherwise a
 //! crash could leave a correctly named file with missing content) and the subdirectory after
 //! it (otherwise the rename itself could be lost).
+//!
+//! # Encryption at rest
+//! Opened with a key ([`BlobStore::open_with_key`]), the store seals every blob as it is
+//! written, temp file included, in the streaming format of [`crate::crypt::stream`] (64 KiB
+//! segments: memory stays one segment whatever the size), under `ab/cdef….enc`. The name is
+//! still the blake3 of the *plaintext*, so dedup and the replication protocol are unchanged.
+//! Reads ([`BlobReader`]) decrypt transparently and fail on any tampering; [`BlobReader::len`]
+//! is the plaintext length. The suffix tells the two formats apart without guessing from
+//! content, so blobs stored before encryption was switched on stay readable (a new write of
+//! the same content adds a sealed copy beside the old one). Without a key nothing changes: no
+//! suffix, no header, the same cost as before.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -17,10 +28,17 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+
+use crate::crypt::stream::{plain_len, sealed_len, HEADER_LEN};
+use crate::crypt::{CryptError, NodeKey, SealWriter, SealedReader, StreamKey};
 
 /// Name of the directory, inside the store, that holds blobs still being written.
 const TMP_DIR: &str = "tmp";
+/// Suffix of a sealed blob's file name.
+const SEALED_SUFFIX: &str = ".enc";
 
 /// Buffer size for writing and verifying: large enough that a body arriving in small HTTP
 /// frames costs few syscalls, small enough to stay out of the way of bounded memory.
@@ -126,6 +144,14 @@ pub enum BlobError {
     /// A string that is not 64 hex digits was given as a hash.
     #[error("blob store: bad blob hash {0:?} (expected 64 hex digits)")]
     BadHash(String),
+    /// A sealed blob cannot be read: no key, another key, or damaged (failed authentication).
+    #[error("blob store: blob {hash}: {source}")]
+    Sealed {
+        /// The blob.
+        hash: BlobHash,
+        /// Why.
+        source: CryptError,
+    },
 }
 
 /// Builds the `map_err` closure for an I/O error on `path`.
@@ -143,6 +169,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Blo
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     dir: Arc<Path>,
+    /// Seals every blob written; `None`: plaintext.
+    key: Option<Arc<StreamKey>>,
 }
 
 /// Makes temp file names unique within this process; the process id keeps them unique across
@@ -157,6 +185,12 @@ impl BlobStore {
     /// a directory: that keeps it at two fsyncs and avoids a race where one writer returns
     /// before another has made a new subdirectory durable.
     pub fn open(dir: &Path) -> Result<BlobStore, BlobError> {
+        BlobStore::open_with_key(dir, None)
+    }
+
+    /// [`BlobStore::open`], sealing every blob written with `key` when one is given (see the
+    /// module docs).
+    pub fn open_with_key(dir: &Path, key: Option<&NodeKey>) -> Result<BlobStore, BlobError> {
         let tmp = dir.join(TMP_DIR);
         fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
         for entry in fs::read_dir(&tmp).map_err(io_err("list", &tmp))? {
@@ -185,7 +219,14 @@ impl BlobStore {
         }
         Ok(BlobStore {
             dir: Arc::from(dir),
+            key: key.map(|k| Arc::new(k.stream_key())),
         })
+    }
+
+    /// Whether this store seals what it writes: the node encrypts at rest, so other
+    /// files it writes (response spills) should not hold plaintext either.
+    pub fn is_encrypted(&self) -> bool {
+        self.key.is_some()
     }
 
     /// Starts a new blob: a fresh temp file under `tmp/`.
@@ -200,65 +241,93 @@ impl BlobStore {
             .create_new(true)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
+        let sink = match &self.key {
+            // Segments are written whole, so no BufWriter underneath.
+            Some(key) => Sink::Sealed(SealWriter::new(file, key).map_err(|e| match e {
+                CryptError::Io(e) => io_err("write", &tmp)(e),
+                other => io_err("encrypt", &tmp)(io::Error::other(other)),
+            })?),
+            None => Sink::Plain(BufWriter::with_capacity(IO_BUF, file)),
+        };
         Ok(BlobWriter {
             store: self.clone(),
             tmp,
-            file: Some(BufWriter::with_capacity(IO_BUF, file)),
+            file: Some(sink),
             hasher: blake3::Hasher::new(),
             len: 0,
             renamed: false,
         })
     }
 
-    /// Whether a blob with this hash is stored (not verified).
+    /// Whether a copy of this blob that this node can read is stored (not verified): a plain
+    /// one, or a sealed one with this node's key.
     pub fn has(&self, hash: &BlobHash) -> bool {
-        fs::metadata(self.path_of(hash)).is_ok_and(|m| m.is_file())
+        let plain = fs::metadata(self.path_of(hash)).is_ok_and(|m| m.is_file());
+        plain || self.key.is_some() && self.sealed_by_us(&self.sealed_path_of(hash))
     }
 
-    /// The stored blob's length in bytes.
+    /// The stored blob's length in bytes (of the plaintext, for a sealed blob).
     pub fn len(&self, hash: &BlobHash) -> Result<u64, BlobError> {
-        let path = self.path_of(hash);
-        match fs::metadata(&path) {
-            Ok(meta) => Ok(meta.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound(*hash)),
-            Err(e) => Err(io_err("stat", &path)(e)),
-        }
+        Ok(self.open_unverified(hash)?.len())
     }
 
-    /// Opens a blob after reading it whole and checking that it hashes to its name; returns
-    /// the file rewound to the start. Reading twice is the price of never replaying or
-    /// shipping a damaged body.
-    pub fn open_verified(&self, hash: &BlobHash) -> Result<File, BlobError> {
-        let path = self.path_of(hash);
-        let mut file = self.open_unverified(hash)?;
+    /// Opens a blob after reading it whole and checking that it hashes to its name (and, if
+    /// sealed, that every segment authenticates); returns the reader rewound to the start.
+    /// Reading twice is the price of never replaying or shipping a damaged body.
+    pub fn open_verified(&self, hash: &BlobHash) -> Result<BlobReader, BlobError> {
+        let mut reader = self.open_unverified(hash)?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; IO_BUF];
         loop {
-            match file.read(&mut buf) {
+            match reader.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     hasher.update(&buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err("read", &path)(e)),
+                Err(e) => return Err(reader.read_error(e)),
             }
         }
         if BlobHash::from(hasher.finalize()) != *hash {
             return Err(BlobError::Corrupt(*hash));
         }
-        file.seek(SeekFrom::Start(0))
-            .map_err(io_err("seek", &path))?;
-        Ok(file)
+        reader.rewind()?;
+        Ok(reader)
     }
 
     /// Opens a blob without verifying it. Only for the writer's forward of a body it has just
     /// hashed while storing it, and for the informational multipart index; anything that ships,
-    /// replays or serves a blob later uses [`BlobStore::open_verified`].
-    pub fn open_unverified(&self, hash: &BlobHash) -> Result<File, BlobError> {
+    /// replays or serves a blob later uses [`BlobStore::open_verified`]. A sealed blob is still
+    /// authenticated segment by segment as it is read.
+    pub fn open_unverified(&self, hash: &BlobHash) -> Result<BlobReader, BlobError> {
+        let sealed_path = self.sealed_path_of(hash);
+        let mut refused = None;
+        if let Some(key) = &self.key {
+            match File::open(&sealed_path) {
+                Ok(file) => match BlobReader::sealed(*hash, &sealed_path, file, key) {
+                    Ok(reader) => return Ok(reader),
+                    // Another key: a plain copy from before may still do.
+                    Err(e) => refused = Some(e),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("open", &sealed_path)(e)),
+            }
+        }
         let path = self.path_of(hash);
         match File::open(&path) {
-            Ok(file) => Ok(file),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(BlobError::NotFound(*hash)),
+            Ok(file) => BlobReader::plain(*hash, &path, file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(match refused {
+                Some(refused) => refused,
+                None if self.key.is_none() && sealed_path.is_file() => BlobError::Sealed {
+                    hash: *hash,
+                    source: CryptError::Malformed(
+                        "encrypted with a key this node does not have (no [log] \
+                         encryption_key_file is set)"
+                            .into(),
+                    ),
+                },
+                None => BlobError::NotFound(*hash),
+            }),
             Err(e) => Err(io_err("open", &path)(e)),
         }
     }
@@ -267,6 +336,25 @@ impl BlobStore {
     fn path_of(&self, hash: &BlobHash) -> PathBuf {
         let hex = hash.to_string();
         self.dir.join(&hex[..2]).join(&hex[2..])
+    }
+
+    /// `dir/ab/cdef….enc`.
+    fn sealed_path_of(&self, hash: &BlobHash) -> PathBuf {
+        let hex = hash.to_string();
+        self.dir
+            .join(&hex[..2])
+            .join(format!("{}{SEALED_SUFFIX}", &hex[2..]))
+    }
+
+    /// Whether `path` is a sealed file with this store's key (its header says so).
+    fn sealed_by_us(&self, path: &Path) -> bool {
+        let Some(key) = &self.key else {
+            return false;
+        };
+        let mut header = [0u8; HEADER_LEN];
+        File::open(path)
+            .and_then(|mut f| f.read_exact(&mut header))
+            .is_ok_and(|()| key.check_header(&header).is_ok())
     }
 }
 
@@ -286,7 +374,7 @@ pub struct BlobWriter {
     store: BlobStore,
     tmp: PathBuf,
     /// `Some` until `finish` or `drop` takes it.
-    file: Option<BufWriter<File>>,
+    file: Option<Sink>,
     /// Set once the temp file has become the blob; until then `drop` removes the temp file.
     renamed: bool,
     hasher: blake3::Hasher,
@@ -301,7 +389,11 @@ impl BlobWriter {
             path: self.tmp.clone(),
             source: io::Error::other("blob writer already closed"),
         })?;
-        file.write_all(buf).map_err(io_err("write", &self.tmp))?;
+        let result = match file {
+            Sink::Plain(f) => f.write_all(buf),
+            Sink::Sealed(f) => f.write_all(buf),
+        };
+        result.map_err(io_err("write", &self.tmp))?;
         self.hasher.update(buf);
         self.len += buf.len() as u64;
         Ok(())
@@ -326,7 +418,12 @@ impl BlobWriter {
     /// already-fsynced bytes, and `rename` replaces atomically.
     pub fn finish(mut self) -> Result<BlobHash, BlobError> {
         let hash = BlobHash::from(self.hasher.finalize());
-        let dest = self.store.path_of(&hash);
+        let sealed = self.store.key.is_some();
+        let (dest, stored_len) = if sealed {
+            (self.store.sealed_path_of(&hash), sealed_len(self.len))
+        } else {
+            (self.store.path_of(&hash), self.len)
+        };
         let sub = dest.parent().unwrap_or(&self.store.dir).to_path_buf();
         // Normally present since `open`; recreated if someone removed it.
         let created_sub = match fs::create_dir(&sub) {
@@ -335,16 +432,21 @@ impl BlobWriter {
             Err(e) => return Err(io_err("create", &sub)(e)),
         };
         // Dedup: an existing file of the right length is the same content (it was fsynced
-        // before its rename). A wrong length means a damaged copy: replace it.
-        let exists = fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == self.len);
+        // before its rename). A wrong length means a damaged copy, and a sealed copy with
+        // another key one this node cannot read: replace either.
+        let exists = fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == stored_len)
+            && (!sealed || self.store.sealed_by_us(&dest));
         if !exists {
             let file = self
                 .file
                 .take()
                 .ok_or_else(|| io_err("finish", &self.tmp)(io::Error::other("already closed")))?;
-            let file = file
-                .into_inner()
-                .map_err(|e| io_err("write", &self.tmp)(e.into_error()))?;
+            let file = match file {
+                Sink::Plain(f) => f
+                    .into_inner()
+                    .map_err(|e| io_err("write", &self.tmp)(e.into_error()))?,
+                Sink::Sealed(f) => f.finish().map_err(io_err("write", &self.tmp))?,
+            };
             // Without this a crash could leave a correctly named file with missing content.
             file.sync_all().map_err(io_err("fsync", &self.tmp))?;
             drop(file);
@@ -364,10 +466,13 @@ impl BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if let Some(file) = self.file.take() {
+        match self.file.take() {
             // `into_parts` discards the buffered bytes instead of writing them to a file we
             // are about to delete.
-            drop(file.into_parts());
+            Some(Sink::Plain(file)) => drop(file.into_parts()),
+            // Holds no more than one unsealed segment, dropped with it.
+            Some(Sink::Sealed(file)) => drop(file),
+            None => {}
         }
         if self.renamed {
             return;
@@ -383,191 +488,147 @@ impl Drop for BlobWriter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where a blob being written goes.
+enum Sink {
+    Plain(BufWriter<File>),
+    Sealed(SealWriter<File>),
+}
 
-    fn store() -> (tempfile::TempDir, BlobStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
-        (dir, store)
-    }
-
-    fn put(store: &BlobStore, chunks: &[&[u8]]) -> BlobHash {
-        let mut w = store.writer().unwrap();
-        for chunk in chunks {
-            w.write(chunk).unwrap();
-        }
-        w.finish().unwrap()
-    }
-
-    fn tmp_files(store: &BlobStore) -> usize {
-        fs::read_dir(store.dir.join(TMP_DIR)).unwrap().count()
-    }
-
-    #[test]
-    fn write_finish_has_open_verified() {
-        let (_dir, store) = store();
-        let mut w = store.writer().unwrap();
-        w.write(b"hello ").unwrap();
-        w.write(b"world").unwrap();
-        assert_eq!(w.len(), 11);
-        let hash = w.finish().unwrap();
-        assert_eq!(hash, BlobHash::from(blake3::hash(b"hello world")));
-        assert!(store.has(&hash));
-        assert_eq!(store.len(&hash).unwrap(), 11);
-        let hex = hash.to_string();
-        assert!(store.dir.join(&hex[..2]).join(&hex[2..]).is_file());
-
-        let mut body = String::new();
-        store
-            .open_verified(&hash)
-            .unwrap()
-            .read_to_string(&mut body)
-            .unwrap();
-        assert_eq!(body, "hello world");
-        assert_eq!(tmp_files(&store), 0);
-    }
-
-    #[test]
-    fn large_blob_round_trips() {
-        let (_dir, store) = store();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let hash = put(&store, &data.chunks(8192).collect::<Vec<_>>());
-        let mut back = Vec::new();
-        store
-            .open_verified(&hash)
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
-        assert_eq!(back, data);
-    }
-
-    #[test]
-    fn empty_blob() {
-        let (_dir, store) = store();
-        let hash = put(&store, &[]);
-        assert_eq!(hash, BlobHash::of_empty());
-        assert_eq!(store.len(&hash).unwrap(), 0);
-    }
-
-    #[test]
-    fn identical_content_from_two_writers_is_stored_once() {
-        let (_dir, store) = store();
-        let mut a = store.writer().unwrap();
-        let mut b = store.writer().unwrap();
-        a.write(b"same").unwrap();
-        b.write(b"same").unwrap();
-        let ha = a.finish().unwrap();
-        let hb = b.finish().unwrap();
-        assert_eq!(ha, hb);
-        assert_eq!(tmp_files(&store), 0);
-        let hex = ha.to_string();
-        assert_eq!(fs::read_dir(store.dir.join(&hex[..2])).unwrap().count(), 1);
-        assert!(store.open_verified(&ha).is_ok());
-    }
-
-    #[test]
-    fn concurrent_finishes_of_the_same_content_are_safe() {
-        let (_dir, store) = store();
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let store = store.clone();
-                std::thread::spawn(move || put(&store, &[&[7u8; 100_000]]))
-            })
-            .collect();
-        let hashes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        assert!(hashes.windows(2).all(|w| w[0] == w[1]));
-        assert!(store.open_verified(&hashes[0]).is_ok());
-        assert_eq!(tmp_files(&store), 0);
-    }
-
-    #[test]
-    fn drop_without_finish_leaves_nothing() {
-        let (_dir, store) = store();
-        let mut w = store.writer().unwrap();
-        w.write(&[1u8; 200_000]).unwrap();
-        assert_eq!(tmp_files(&store), 1);
-        drop(w);
-        assert_eq!(tmp_files(&store), 0);
-        assert!(!store.has(&BlobHash::from(blake3::hash(&[1u8; 200_000]))));
-    }
-
-    #[test]
-    fn open_removes_leftover_temp_files() {
-        let (dir, store) = store();
-        fs::write(store.dir.join(TMP_DIR).join("crashed-1"), b"partial").unwrap();
-        let store = BlobStore::open(&dir.path().join("blobs")).unwrap();
-        assert_eq!(tmp_files(&store), 0);
-    }
-
-    #[test]
-    fn corrupted_blob_is_reported() {
-        let (_dir, store) = store();
-        let hash = put(&store, &[b"original content"]);
-        fs::write(store.path_of(&hash), b"original c0ntent").unwrap();
-        assert!(matches!(store.open_verified(&hash), Err(BlobError::Corrupt(h)) if h == hash));
-        assert!(store
-            .open_verified(&hash)
-            .unwrap_err()
-            .to_string()
-            .contains("corrupt"));
-    }
-
-    #[test]
-    fn damaged_copy_is_replaced_by_a_new_write() {
-        let (_dir, store) = store();
-        let hash = put(&store, &[b"content"]);
-        fs::write(store.path_of(&hash), b"cont").unwrap(); // truncated
-        assert_eq!(put(&store, &[b"content"]), hash);
-        assert!(store.open_verified(&hash).is_ok());
-    }
-
-    #[test]
-    fn missing_blob_is_not_found() {
-        let (_dir, store) = store();
-        let hash = BlobHash::from(blake3::hash(b"never written"));
-        assert!(!store.has(&hash));
-        assert!(matches!(store.len(&hash), Err(BlobError::NotFound(_))));
-        assert!(matches!(
-            store.open_verified(&hash),
-            Err(BlobError::NotFound(_))
-        ));
-    }
-
-    #[test]
-    fn hash_text_form() {
-        let hash = BlobHash::from(blake3::hash(b"x"));
-        let hex = hash.to_string();
-        assert_eq!(hex.len(), 64);
-        assert_eq!(format!("{hash:?}"), hex);
-        assert!(hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
-        assert_eq!(hex.parse::<BlobHash>().unwrap(), hash);
-        assert_eq!(hex.to_uppercase().parse::<BlobHash>().unwrap(), hash);
-    }
-
-    #[test]
-    fn bad_hashes_are_rejected() {
-        let good = BlobHash::from(blake3::hash(b"x")).to_string();
-        let too_long = format!("{good}0");
-        let non_hex = format!("{}g", &good[..63]);
-        // 64 bytes but not 64 ASCII characters: must not panic on a char boundary.
-        let multibyte = format!("é{}", &good[..62]);
-        for bad in ["", &good[..63], &too_long, &non_hex, &multibyte] {
-            assert!(
-                matches!(bad.parse::<BlobHash>(), Err(BlobError::BadHash(_))),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn io_error_names_the_operation_and_path() {
-        let err = io_err("fsync", Path::new("/x/tmp/123"))(io::Error::from_raw_os_error(28));
-        assert!(err
-            .to_string()
-            .starts_with("blob store: fsync /x/tmp/123: No space left on device"));
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Sink::Plain(_) => "Sink::Plain",
+            Sink::Sealed(_) => "Sink::Sealed",
+        })
     }
 }
+
+// === impl BlobReader ===
+
+/// A stored blob, open for reading: its plaintext, whether it is stored sealed or not. Every
+/// byte of a sealed blob is authenticated before it is returned; a failure is an
+/// `io::ErrorKind::InvalidData` read error.
+pub struct BlobReader {
+    hash: BlobHash,
+    path: PathBuf,
+    /// Plaintext length.
+    len: u64,
+    source: Source,
+}
+
+enum Source {
+    Plain(File),
+    /// Boxed: the reader carries its cipher state and header, and a plain blob should not pay
+    /// for that space.
+    Sealed(Box<SealedReader<File>>),
+}
+
+impl fmt::Debug for BlobReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobReader")
+            .field("hash", &self.hash)
+            .field("len", &self.len)
+            .field("sealed", &matches!(self.source, Source::Sealed(_)))
+            .finish()
+    }
+}
+
+impl BlobReader {
+    fn plain(hash: BlobHash, path: &Path, file: File) -> Result<BlobReader, BlobError> {
+        let len = file.metadata().map_err(io_err("stat", path))?.len();
+        Ok(BlobReader {
+            hash,
+            path: path.to_path_buf(),
+            len,
+            source: Source::Plain(file),
+        })
+    }
+
+    fn sealed(
+        hash: BlobHash,
+        path: &Path,
+        file: File,
+        key: &StreamKey,
+    ) -> Result<BlobReader, BlobError> {
+        let sealed = |source| BlobError::Sealed { hash, source };
+        let stored = file.metadata().map_err(io_err("stat", path))?.len();
+        let len = plain_len(stored).ok_or_else(|| {
+            sealed(CryptError::Malformed(format!(
+                "damaged: {stored} bytes is no encrypted blob's length"
+            )))
+        })?;
+        let reader = SealedReader::new(file, key).map_err(|e| match e {
+            CryptError::Io(e) => io_err("read", path)(e),
+            other => sealed(other),
+        })?;
+        Ok(BlobReader {
+            hash,
+            path: path.to_path_buf(),
+            len,
+            source: Source::Sealed(Box::new(reader)),
+        })
+    }
+
+    /// The blob's length in bytes (the plaintext's): what a `Content-Length` must say.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the blob is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The blob as an async stream of chunks, each read (and decrypted) on tokio's blocking
+    /// pool, as `tokio::fs::File` would read it.
+    pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        crate::crypt::reader_stream(self)
+    }
+
+    /// Back to the first byte.
+    fn rewind(&mut self) -> Result<(), BlobError> {
+        match &mut self.source {
+            Source::Plain(file) => file
+                .seek(SeekFrom::Start(0))
+                .map(|_| ())
+                .map_err(io_err("seek", &self.path)),
+            Source::Sealed(reader) => reader.rewind().map_err(|e| match e {
+                CryptError::Io(e) => io_err("seek", &self.path)(e),
+                source => BlobError::Sealed {
+                    hash: self.hash,
+                    source,
+                },
+            }),
+        }
+    }
+
+    /// A read error as a `BlobError`: a failed authentication is the blob's fault, anything
+    /// else the file's.
+    fn read_error(&self, e: io::Error) -> BlobError {
+        if e.kind() == io::ErrorKind::InvalidData {
+            if let Some(crypt) = e.get_ref().and_then(|c| c.downcast_ref::<CryptError>()) {
+                let source = match crypt {
+                    CryptError::Auth => CryptError::Auth,
+                    other => CryptError::Malformed(other.to_string()),
+                };
+                return BlobError::Sealed {
+                    hash: self.hash,
+                    source,
+                };
+            }
+        }
+        io_err("read", &self.path)(e)
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.source {
+            Source::Plain(file) => file.read(buf),
+            Source::Sealed(reader) => reader.read(buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,5 @@
 //! The command line: `run`, `check-config`, `status`, `log list|show`, `blob get`, `mirror …`,
-//! `resolve`, `drain`, `undrain`, `certs …`.
+//! `resolve`, `drain`, `undrain`, `certs …`, `key init`.
 //!
 //! Commands that talk to a running node take the same `-c FILE` as `run`, read the admin address
 //! from it (or, for port 0, from `data_dir/admin.addr`) and use the admin API over HTTP. They
@@ -95,6 +95,19 @@ enum Command {
     /// Create the cluster CA and node certificates for the replication channel.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Create the key that encrypts this node's log and blobs at rest.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Write a new random key to FILE (mode 0600; never replaces a file), for
+    /// `[log] encryption_key_file`. One key per node: nodes do not share keys.
+    Init {
+        /// The key file to create.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +245,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                 .map(|(cert, key)| println!("created {} and {}", cert.display(), key.display()))
                 .map_err(|e| error_chain(&e))
         }
+        Command::Key(KeyCommand::Init { file }) => crate::crypt::NodeKey::init_file(&file)
+            .map(|key| {
+                println!(
+                    "created {} (key id {}); back it up: without it this node's log and blobs \
+                     cannot be read",
+                    file.display(),
+                    key.id()
+                )
+            })
+            .map_err(|e| error_chain(&e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

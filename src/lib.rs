@@ -47,6 +47,7 @@
 //!   read-your-writes, the affinity cookie.
 //! * [`log`] — the durable log (the only module that names sled).
 //! * [`blobs`] — content-addressed blob files (the only module that touches the blob dir).
+//! * [`crypt`] — optional encryption at rest: the node key, sealed log values, sealed streams.
 //! * [`origin`] — pooled client to the local CMS, every origin timeout, response collection.
 //! * [`ship`] — writer side of replication: a shipper per mirror and its mTLS peer client.
 //! * [`apply`] — mirror side: the replication listener, ordered apply, cookie sessions.
@@ -72,6 +73,8 @@
 //! * Once the log or blob store fails to write, captured requests get 503 until restart.
 //! * A mirror applies a gap-free, strictly increasing prefix of sequence numbers, each at most
 //!   once; it halts on any difference and only an audited operator action moves it on.
+//! * With `[log] encryption_key_file` set, nothing copyist stores under `data_dir` (log values,
+//!   blobs, response spills) holds client data in the clear; keys are per node.
 //! * Only `log` touches sled; only `blobs` touches the blob directory; `ship` never calls the
 //!   origin; `admin` writes nothing but audited operator actions.
 //!
@@ -108,6 +111,7 @@ pub mod cli;
 pub mod cluster;
 pub mod compare;
 pub mod config;
+pub mod crypt;
 pub mod error;
 pub mod log;
 pub mod node;

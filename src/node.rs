@@ -55,6 +55,9 @@ pub enum NodeError {
     /// The blob store could not be opened.
     #[error("opening the blob store")]
     Blobs(#[from] BlobError),
+    /// `[log] encryption_key_file` is set but holds no usable key.
+    #[error("encryption at rest")]
+    Key(#[from] crate::crypt::KeyError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what})")]
     Bind {
@@ -118,16 +121,28 @@ impl Node {
                 source,
             })?;
         }
-        // 2. The log: recovery turns interrupted Pending entries into InDoubt.
+        // 2. The log: recovery turns interrupted Pending entries into InDoubt. With a key, the
+        // log and the blobs are encrypted at rest; a missing or bad key stops the node here.
+        let key = match &config.log.encryption_key_file {
+            Some(path) => Some(crate::crypt::NodeKey::load(path)?),
+            None => None,
+        };
+        if let Some(key) = &key {
+            tracing::info!(key_id = %key.id(), "encrypting the log, blobs and spill files at rest");
+        }
         let log_dir = data.join("log");
         let cache = config.log.cache_capacity;
-        let (log, in_doubt) =
-            tokio::task::spawn_blocking(move || Log::open(&log_dir, cache)).await??;
+        let log_key = key.clone();
+        let (log, in_doubt) = tokio::task::spawn_blocking(move || {
+            Log::open_with_key(&log_dir, cache, log_key.as_ref())
+        })
+        .await??;
         for seq in &in_doubt {
             tracing::warn!(%seq, "entry was pending (writer) or applying (mirror) when the node stopped: now in-doubt");
         }
         // 3. Blobs, metrics, the live configuration, the access log, origin, capture.
-        let blobs = BlobStore::open(&data.join("blobs"))?;
+        let blobs = BlobStore::open_with_key(&data.join("blobs"), key.as_ref())?;
+        drop(key);
         let metrics = Arc::new(Metrics::new(data.join("blobs")));
         let live = Live::new(config.clone());
         let log_file = match &config.public.access_log {

@@ -277,8 +277,7 @@ pub async fn blob(state: &AdminState, hash: &str) -> Response<ProxyBody> {
         Ok(Err(e)) => return server_error(&e),
         Err(e) => return server_error(&e),
     };
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    let frames = futures_util::StreamExt::map(stream, |c| {
+    let frames = futures_util::StreamExt::map(file.into_stream(), |c| {
         c.map(hyper::body::Frame::data).map_err(BoxError::from)
     });
     let mut resp = Response::new(http_body_util::StreamBody::new(frames).boxed_unsync());

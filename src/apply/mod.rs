@@ -647,8 +647,7 @@ impl Replication {
         let payload: ProxyBody = match body {
             ReplayBody::Inline(bytes) => full(bytes),
             ReplayBody::File(file) => {
-                let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-                let frames = futures_util::StreamExt::map(stream, |c| {
+                let frames = futures_util::StreamExt::map(file.into_stream(), |c| {
                     c.map(hyper::body::Frame::data).map_err(BoxError::from)
                 });
                 http_body_util::StreamBody::new(frames).boxed_unsync()
@@ -665,7 +664,8 @@ impl Replication {
         let exchange = async {
             let resp = inner.origin.send(req).await?;
             let max = inner.live.current().capture.max_response_buffer;
-            response::collect(resp, max, &inner.spill_dir).await
+            let seal = inner.blobs.is_encrypted();
+            response::collect(resp, max, &inner.spill_dir, seal).await
         };
         match tokio::time::timeout(deadline, exchange).await {
             Ok(result) => result,
@@ -725,7 +725,7 @@ impl Replication {
 /// A replay body: in memory, or a verified blob file.
 enum ReplayBody {
     Inline(Bytes),
-    File(std::fs::File),
+    File(crate::blobs::BlobReader),
 }
 
 /// Why an entry was not applied now.

@@ -367,8 +367,7 @@ impl Capture {
                 let file = inner.blobs.open_unverified(hash).map_err(|e| {
                     OriginError::BadTarget(format!("stored body {hash} unreadable: {e}"))
                 })?;
-                let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-                let frames = futures_util::StreamExt::map(stream, |chunk| {
+                let frames = futures_util::StreamExt::map(file.into_stream(), |chunk| {
                     chunk.map(hyper::body::Frame::data).map_err(BoxError::from)
                 });
                 http_body_util::StreamBody::new(frames).boxed_unsync()
@@ -385,7 +384,8 @@ impl Capture {
         let deadline = inner.origin.response_timeout();
         let exchange = async {
             let resp = inner.origin.send(out).await?;
-            response::collect(resp, max_response_buffer, &inner.spill_dir).await
+            let seal = inner.blobs.is_encrypted();
+            response::collect(resp, max_response_buffer, &inner.spill_dir, seal).await
         };
         match tokio::time::timeout(deadline, exchange).await {
             Ok(result) => result,

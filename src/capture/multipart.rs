@@ -9,7 +9,6 @@
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use multer::{Constraints, Multipart, SizeLimit};
-use tokio_util::io::ReaderStream;
 
 use crate::blobs::{BlobHash, BlobStore};
 use crate::capture::spool::{Stored, StoredBody};
@@ -127,10 +126,7 @@ fn open(
 ) -> Result<BoxStream<'static, Result<Bytes, std::io::Error>>, crate::blobs::BlobError> {
     Ok(match &body.stored {
         Stored::Inline(bytes) => stream::once(std::future::ready(Ok(bytes.clone()))).boxed(),
-        Stored::Blob(hash) => {
-            let file = tokio::fs::File::from_std(blobs.open_unverified(hash)?);
-            ReaderStream::new(file).boxed()
-        }
+        Stored::Blob(hash) => blobs.open_unverified(hash)?.into_stream(),
     })
 }
 

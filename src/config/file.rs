@@ -146,6 +146,7 @@ pub(super) struct FileMultipart {
 #[derive(Debug)]
 pub(super) struct FileLog {
     pub(super) cache_capacity: Key<Scalar>,
+    pub(super) encryption_key_file: Key<String>,
 }
 
 /// `[replication]`.
@@ -353,6 +354,7 @@ impl FileLog {
     fn read(r: &mut Reader<'_, '_>) -> FileLog {
         FileLog {
             cache_capacity: r.value("cache_capacity", SIZE, scalar),
+            encryption_key_file: r.value("encryption_key_file", PATH, string),
         }
     }
 }

@@ -280,6 +280,9 @@ pub struct WriterConfig {
 pub struct LogConfig {
     /// Upper bound of sled's page cache, in bytes.
     pub cache_capacity: u64,
+    /// The node's at-rest key (`copyist key init`): when set, the log, the blobs and response
+    /// spill files are encrypted. Named, not read: the node reads it at start.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 // === impl Config ===
@@ -425,6 +428,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             cache_capacity: defaults::LOG_CACHE_CAPACITY,
+            encryption_key_file: None,
         }
     }
 }

@@ -247,6 +247,7 @@ fn missing_optional_sections_get_the_defaults() {
     assert_eq!(c.multipart.max_field_bytes, 1 << 20);
     assert_eq!(c.mask_fields.len(), 9);
     assert_eq!(config.log.cache_capacity, 64 << 20);
+    assert_eq!(config.log.encryption_key_file, None);
 
     assert_eq!(config.replication, None);
     assert!(config.mirrors.is_empty());
@@ -306,6 +307,25 @@ fn every_health_key_is_read() {
     let dir = path.parent().unwrap();
     assert_eq!(h.maintenance_file, Some(dir.join("maintenance")));
     assert_eq!(h.drain_status, http::StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn every_log_key_is_read() {
+    let path = fixtures("valid-full").remove(0);
+    let log = Config::load(&path).unwrap().log;
+    assert_eq!(log.cache_capacity, 1 << 30);
+    let key = std::path::PathBuf::from("/etc/copyist/log.key");
+    assert_eq!(log.encryption_key_file, Some(key));
+    // A relative path is relative to the config file, like every other path.
+    let text = format!("{MINIMAL}\n[log]\nencryption_key_file = \"keys/log.key\"\n");
+    let config = Config::from_toml(&text, &path).unwrap();
+    let dir = path.parent().unwrap();
+    assert_eq!(
+        config.log.encryption_key_file,
+        Some(dir.join("keys/log.key"))
+    );
+    let error = parse(&format!("{MINIMAL}\n[log]\nencryption_key_file = 32\n")).unwrap_err();
+    assert_eq!(error.problems[0].key, "log.encryption_key_file", "{error}");
 }
 
 /// The probe bypasses capture: a path a rule captures would change the CMS without an entry.

@@ -42,8 +42,12 @@ pub(super) fn config(file: FileConfig, path: &Path, p: &mut Problems) -> Option<
     let health = optional_section(file.health, p, |f, p| health(f, dir, rules, p));
     let log = optional_section(file.log, p, |f, p| {
         let cache_capacity = optional(f.cache_capacity, d::LOG_CACHE_CAPACITY, p, size);
+        let key_file = optional(f.encryption_key_file, None, p, |s| {
+            path_in(dir, s).map(Some)
+        });
         Some(LogConfig {
             cache_capacity: cache_capacity?,
+            encryption_key_file: key_file?,
         })
     });
     let cluster = replication::cluster(

@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 
 use sled::IVec;
 
-use super::codec::encode_value;
+use super::codec::{self, encode_value, Place};
 use super::{
     AuditRecord, Entry, EntryState, Event, Halt, IllegalTransition, Log, LogError, Outcome, Seq,
-    Write, Writer, META_APPLIED_SEQ, META_HALT, META_RETRY,
+    Write, Writer, COOKIES, META_APPLIED_SEQ, META_HALT, META_RETRY,
 };
 
 /// The `cookies` key for a cookie name and the writer's value: the name's length (u32
@@ -217,12 +217,33 @@ impl Log {
         name: &str,
         writer_value: &str,
     ) -> Result<Option<String>, LogError> {
-        match self.inner.cookies.get(cookie_key(name, writer_value))? {
-            Some(bytes) => String::from_utf8(bytes.to_vec()).map(Some).map_err(|_| {
-                LogError::Codec(format!("mapped value of cookie {name} is not UTF-8"))
-            }),
-            None => Ok(None),
+        let plain = cookie_key(name, writer_value);
+        let what = format!("mapped value of cookie {name}");
+        let mut found = None;
+        if let Some(cipher) = &self.inner.cipher {
+            // Stored under the blinded key since encryption was switched on, and sealed.
+            let key = codec::blind_key(cipher, &plain);
+            if let Some(bytes) = self.inner.cookies.get(&key)? {
+                if !codec::is_sealed(&bytes) {
+                    return Err(LogError::Codec(format!("{what} is not encrypted")));
+                }
+                let place = Place {
+                    tree: COOKIES,
+                    key: &key,
+                };
+                found = Some(codec::unseal(Some(cipher), place, &bytes, &what)?.into_owned());
+            }
         }
+        if found.is_none() {
+            // Stored in the clear, before encryption was switched on (or with none).
+            found = self.inner.cookies.get(&plain)?.map(|bytes| bytes.to_vec());
+        }
+        found
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .map_err(|_| LogError::Codec(format!("{what} is not UTF-8")))
+            })
+            .transpose()
     }
 
     /// Operator: apply the entry this mirror is halted at once more. Clears the halt and

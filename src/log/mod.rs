@@ -30,6 +30,12 @@
 //! * `unsettled`: seq → empty, the entries still `Pending` (writer) or `Applying` (mirror), so
 //!   recovery at open need not scan the whole log.
 //! * `cookies` (mirror): cookie name + writer's value → the mirror's value.
+//!
+//! # Encryption at rest
+//! Opened with a key ([`Log::open_with_key`]), every value is sealed in `Log::commit` just
+//! before its transaction, and opened on read; the format and what stays plaintext are in
+//! `codec.rs`. Values written without a key stay readable; a sealed value read without the
+//! key (or with another) is a [`LogError::Codec`] naming the key ids, never a panic.
 
 mod codec;
 mod durable;
@@ -37,6 +43,9 @@ mod entry;
 mod mirror_side;
 #[cfg(test)]
 mod replication_tests;
+#[cfg(test)]
+mod sealed_tests;
+mod stored;
 #[cfg(test)]
 mod tests;
 mod writer_side;
@@ -55,8 +64,17 @@ pub use entry::{
     Outcome, PartInfo, RequestRecord, Seq,
 };
 
-use codec::{decode_entry, decode_u64, decode_value, encode_entry, encode_u64, key_seq, seq_key};
+use codec::{decode_u64, encode_entry, encode_u64, key_seq, seq_key};
 use durable::{io_err, SyncStats, Syncer};
+
+use crate::crypt::{NodeKey, ValueCipher};
+use stored::decode_meta;
+
+/// The trees' names, as sled knows them and as sealed values' associated data names them.
+const ENTRIES: &str = "entries";
+const META: &str = "meta";
+const UNSETTLED: &str = "unsettled";
+const COOKIES: &str = "cookies";
 
 /// The `meta` key holding the next sequence number to assign (big-endian u64). Stored in the
 /// same transaction as each new entry so that a seq, once handed out, is never handed out
@@ -180,6 +198,8 @@ struct Inner {
     /// Latched by any failed write, flush or fsync.
     poisoned: AtomicBool,
     stats: Arc<SyncStats>,
+    /// Seals every value written and opens sealed values read; `None`: plaintext.
+    cipher: Option<ValueCipher>,
 }
 
 #[derive(Debug)]
@@ -191,14 +211,20 @@ struct Writer {
     syncer: Syncer,
 }
 
-/// One key to set or remove, in one of the trees.
+/// One key to set or remove, in one of the trees. `Entry`, `Meta` and `Cookie` values are
+/// sealed by `commit` when the log has a key; the others hold no client data.
+#[derive(Clone)]
 enum Write {
     Entry(Seq, IVec),
     NextSeq(Seq),
     Unsettled(Seq),
     Settled(Seq),
+    /// An encoded value (`codec::encode_value`).
     Meta(Vec<u8>, IVec),
+    /// A counter (big-endian u64).
+    MetaU64(Vec<u8>, u64),
     MetaRemove(Vec<u8>),
+    /// A cookie map key (`cookie_key`, not yet blinded) and the mirror's value.
     Cookie(Vec<u8>, IVec),
 }
 
@@ -208,7 +234,7 @@ impl Write {
     }
 
     fn meta_u64(key: &[u8], value: u64) -> Write {
-        Write::Meta(key.to_vec(), IVec::from(&encode_u64(value)[..]))
+        Write::MetaU64(key.to_vec(), value)
     }
 }
 
@@ -246,12 +272,26 @@ impl Log {
     /// them. They are durably turned `InDoubt` and their seqs returned, for the caller to
     /// report.
     pub fn open(dir: &Path, cache_capacity: u64) -> Result<(Log, Vec<Seq>), LogError> {
+        Log::open_with_key(dir, cache_capacity, None)
+    }
+
+    /// [`Log::open`], sealing every value written with `key` when one is given (see the
+    /// module docs). Values written without a key stay readable; sealed values need the key.
+    pub fn open_with_key(
+        dir: &Path,
+        cache_capacity: u64,
+        key: Option<&NodeKey>,
+    ) -> Result<(Log, Vec<Seq>), LogError> {
+        let cipher = key.map(NodeKey::value_cipher);
         std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         let db = open_db(dir, cache_capacity)?;
-        let entries = db.open_tree("entries")?;
-        let meta = db.open_tree("meta")?;
-        let unsettled = db.open_tree("unsettled")?;
-        let cookies = db.open_tree("cookies")?;
+        let entries = db.open_tree(ENTRIES)?;
+        let meta = db.open_tree(META)?;
+        let unsettled = db.open_tree(UNSETTLED)?;
+        let cookies = db.open_tree(COOKIES)?;
+        if let Some((_, newest)) = entries.last()? {
+            codec::check_key(cipher.as_ref(), &newest)?;
+        }
         // Before any entry is written: make what sled created or recovered (files, the trees
         // just opened) durable, fsyncing the files sled never fsyncs itself.
         db.flush()?;
@@ -261,7 +301,12 @@ impl Log {
         let applied = read_u64(&meta, META_APPLIED_SEQ)?.unwrap_or(0);
         let retry = read_u64(&meta, META_RETRY)?.map(Seq);
         let halt = match meta.get(META_HALT)? {
-            Some(bytes) => Some(decode_value::<Halt>(&bytes, "halt")?),
+            Some(bytes) => Some(decode_meta::<Halt>(
+                cipher.as_ref(),
+                META_HALT,
+                &bytes,
+                "halt",
+            )?),
             None => None,
         };
         let last = Seq(next.0 - 1);
@@ -284,6 +329,7 @@ impl Log {
                 settled: watch::Sender::new(last),
                 poisoned: AtomicBool::new(false),
                 stats,
+                cipher,
             }),
         };
         let recovered = log.recover()?;
@@ -435,7 +481,7 @@ impl Log {
     /// The entry with this seq, if stored.
     pub fn get(&self, seq: Seq) -> Result<Option<Entry>, LogError> {
         match self.inner.entries.get(seq_key(seq))? {
-            Some(bytes) => decode_stored(seq, &bytes).map(Some),
+            Some(bytes) => self.decode_stored(seq, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -446,13 +492,20 @@ impl Log {
             Some(before) => self.inner.entries.range(..seq_key(before)),
             None => self.inner.entries.iter(),
         };
-        range.rev().take(limit).map(decode_pair).collect()
+        range
+            .rev()
+            .take(limit)
+            .map(|item| self.decode_pair(item))
+            .collect()
     }
 
     /// Entries from `from` (inclusive) upwards, in seq order. Reads lazily: entries appended
     /// while iterating may or may not be included.
     pub fn iter_from(&self, from: Seq) -> impl Iterator<Item = Result<Entry, LogError>> + '_ {
-        self.inner.entries.range(seq_key(from)..).map(decode_pair)
+        self.inner
+            .entries
+            .range(seq_key(from)..)
+            .map(move |item| self.decode_pair(item))
     }
 
     /// The highest seq assigned so far (`Seq(0)` for an empty log).
@@ -493,8 +546,21 @@ impl Log {
     }
 
     /// Applies `writes` atomically and makes them durable: transaction, flush, fsync. Any
-    /// failure poisons the log.
+    /// failure poisons the log. With a key, values are sealed first (before the transaction,
+    /// which sled may run more than once), so nothing unsealed ever reaches sled's files.
     fn commit(&self, writer: &mut Writer, writes: &[Write]) -> Result<(), LogError> {
+        let sealed: Vec<Write>;
+        let writes = match &self.inner.cipher {
+            Some(cipher) => {
+                // Nothing is written yet: a failure here (no randomness) does not poison.
+                sealed = writes
+                    .iter()
+                    .map(|w| w.sealed(cipher))
+                    .collect::<Result<_, _>>()?;
+                &sealed[..]
+            }
+            None => writes,
+        };
         let result = self
             .transact(writes)
             .and_then(|()| {
@@ -530,6 +596,9 @@ impl Log {
                         Write::Unsettled(seq) => unsettled.insert(&seq_key(*seq), &[]),
                         Write::Settled(seq) => unsettled.remove(&seq_key(*seq)),
                         Write::Meta(key, value) => meta.insert(key.as_slice(), value.clone()),
+                        Write::MetaU64(key, value) => {
+                            meta.insert(key.as_slice(), &encode_u64(*value))
+                        }
                         Write::MetaRemove(key) => meta.remove(key.as_slice()),
                         Write::Cookie(key, value) => cookies.insert(key.as_slice(), value.clone()),
                     }?;
@@ -597,26 +666,6 @@ fn next_seq(entries: &Tree, meta: &Tree) -> Result<Seq, LogError> {
         None => 1,
     };
     Ok(Seq(stored.max(after_last).max(1)))
-}
-
-/// Decodes an entry and checks it is the one its key names.
-fn decode_stored(seq: Seq, bytes: &[u8]) -> Result<Entry, LogError> {
-    let entry = decode_entry(bytes).map_err(|e| match e {
-        LogError::Codec(msg) => LogError::Codec(format!("entry {seq}: {msg}")),
-        other => other,
-    })?;
-    if entry.seq != seq {
-        return Err(LogError::Codec(format!(
-            "entry stored under {seq} says it is {}",
-            entry.seq
-        )));
-    }
-    Ok(entry)
-}
-
-fn decode_pair(item: sled::Result<(IVec, IVec)>) -> Result<Entry, LogError> {
-    let (key, value) = item?;
-    decode_stored(key_seq(&key)?, &value)
 }
 
 fn now_unix_ms() -> u64 {

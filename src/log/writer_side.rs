@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sled::IVec;
 use tokio::sync::watch;
 
-use super::codec::{decode_u64, decode_value, encode_u64, encode_value};
+use super::codec::{decode_u64, encode_u64, encode_value};
 use super::{AuditRecord, EntryState, Event, Log, LogError, Seq, Write};
 
 /// Prefix of a mirror's cursor key in `meta`: `cursor/<mirror>` → big-endian u64.
@@ -133,8 +133,9 @@ impl Log {
     }
 
     fn control(&self, mirror: &str) -> Result<MirrorControl, LogError> {
-        match self.inner.meta.get(control_key(mirror))? {
-            Some(bytes) => decode_value(&bytes, "mirror control"),
+        let key = control_key(mirror);
+        match self.inner.meta.get(&key)? {
+            Some(bytes) => self.decode_meta(&key, &bytes, "mirror control"),
             None => Ok(MirrorControl::default()),
         }
     }

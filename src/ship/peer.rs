@@ -238,8 +238,7 @@ impl Peer {
             .await
             .map_err(|e| PeerError::Decode(e.to_string()))?
             .map_err(PeerError::Blob)?;
-        let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-        let frames = futures_util::StreamExt::map(stream, |c| {
+        let frames = futures_util::StreamExt::map(file.into_stream(), |c| {
             c.map(hyper::body::Frame::data).map_err(BoxError::from)
         });
         let body = http_body_util::StreamBody::new(frames).boxed_unsync();

@@ -7,6 +7,7 @@
 mod support;
 
 mod affinity;
+mod at_rest;
 mod capture;
 mod cli;
 mod cluster;

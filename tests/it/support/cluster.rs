@@ -86,6 +86,19 @@ pub struct ClusterOpts {
     pub extra: String,
     /// Keys added to every mirror's `[writer]` section (e.g. `paths = [...]`).
     pub writer_keys: String,
+    /// Give every node its own at-rest key (`certs/NAME.logkey`, from `copyist key init`'s
+    /// code) in `[log] encryption_key_file`.
+    pub encrypt_at_rest: bool,
+}
+
+/// `[log]` with a fresh key file for node `name` when `encrypt`, else nothing.
+fn at_rest_section(encrypt: bool, certs: &Certs, name: &str) -> String {
+    if !encrypt {
+        return String::new();
+    }
+    let file = certs.path().join(format!("{name}.logkey"));
+    copyist::crypt::NodeKey::init_file(&file).unwrap();
+    format!("[log]\nencryption_key_file = \"{}\"\n", file.display())
 }
 
 impl TestCluster {
@@ -115,10 +128,11 @@ impl TestCluster {
         for name in &names[1..] {
             let cms = PhpCms::start();
             let extra = format!(
-                "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:{writer_port}\"\n{}\n\n{}",
+                "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:{writer_port}\"\n{}\n\n{}\n{}",
                 certs.replication(name),
                 opts.writer_keys,
-                opts.extra
+                opts.extra,
+                at_rest_section(opts.encrypt_at_rest, &certs, name)
             );
             let node = TestNode::start_opts(
                 &cms.url(),
@@ -152,10 +166,11 @@ impl TestCluster {
         }
         let cms = PhpCms::start();
         let extra = format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
             certs.replication_on("writer", writer_port),
             mirror_sections,
-            opts.extra
+            opts.extra,
+            at_rest_section(opts.encrypt_at_rest, &certs, "writer")
         );
         let node = TestNode::start_opts(
             &cms.url(),

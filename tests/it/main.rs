@@ -15,6 +15,7 @@ mod crash;
 mod durability;
 mod haproxy;
 mod health;
+mod hostile;
 mod hygiene;
 mod lifecycle;
 mod metrics;

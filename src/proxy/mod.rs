@@ -13,6 +13,7 @@
 pub mod classify;
 pub mod headers;
 pub mod passthrough;
+pub mod stall;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -291,6 +292,8 @@ impl Proxy {
             async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
         });
         let settings = self.inner.live.current();
+        // Under TLS too: a client that stops reading stalls the TLS writes just the same.
+        let stream = stall::SendDeadline::new(stream, settings.public.send_timeout);
         let handshake_timeout = settings.public.header_read_timeout;
         let http = Self::connection_builder(&settings.public);
         let watcher = graceful.watcher();

@@ -427,3 +427,452 @@ async fn multipart_bombs_are_bounded_and_never_half_read() {
     // The node is still healthy and serving.
     assert_eq!(c.get("/healthz").await.status, 200);
 }
+
+// === process measurements (from /proc, so the node must be its own process) ===
+
+/// Open file descriptors of `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Resident set size of `pid`, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// CPU time (user + system) `pid` has used.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start with field 3, the state;
+    // utime and stime are fields 14 and 15.
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A `copyist run` process in front of `origin` with `public` lines in `[public]`, started
+/// under `wrapper` (e.g. `prlimit`).
+async fn proxy_process(
+    origin: &str,
+    public: &str,
+    wrapper: &[&str],
+) -> (tempfile::TempDir, NodeProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let text = config_text(
+        &data,
+        origin,
+        Opts {
+            public,
+            ..Opts::default()
+        },
+    );
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, text).unwrap();
+    let node = NodeProcess::start_under(&config, &data, wrapper).await;
+    (dir, node)
+}
+
+/// `GET path` once with a deadline: the status, or `None` when it failed or took too long.
+async fn try_get(addr: std::net::SocketAddr, path: &str, within: Duration) -> Option<u16> {
+    let c = Client::new(addr);
+    let req = c.request("GET", path).body(Full::default()).unwrap();
+    tokio::time::timeout(within, c.try_send(req))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|r| r.status)
+}
+
+// === F9: fd exhaustion ===
+
+/// Under `prlimit --nofile=64`, 200 held connections exhaust copyist's descriptors: accept
+/// fails with EMFILE, but copyist does not spin (CPU under 10 % of wall time), its health
+/// probe fails while it lasts, and once the sockets close it serves and reports healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_does_not_spin_and_recovers() {
+    let cms = PhpCms::start();
+    let (dir, mut node) = proxy_process(
+        &cms.url(),
+        "header_read_timeout = \"30s\"",
+        &["prlimit", "--nofile=64:64", "--"],
+    )
+    .await;
+    let pid = node.child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 64 ")),
+        "vacuity: the limit is not in force:\n{limits}"
+    );
+    assert_eq!(try_get(node.public, "/healthz", Duration::from_secs(5)).await, Some(200));
+    let baseline = fds(pid);
+
+    // 200 connections that send nothing: the kernel completes them (backlog), copyist accepts
+    // until it runs out of descriptors.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(tokio::net::TcpStream::connect(node.public).await.unwrap());
+    }
+    assert_eq!(held.len(), 200);
+    crate::assert_eventually!(
+        fds(pid) >= 62,
+        "copyist never ran out of descriptors: {} open",
+        fds(pid)
+    );
+    let log_path = dir.path().join("proxy.log");
+    crate::assert_eventually!(
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("accept failed"),
+        "no accept failure logged"
+    );
+
+    // No busy loop while exhausted.
+    let (cpu0, wall0) = (cpu_time(pid), Instant::now());
+    let health = try_get(node.admin, "/health", Duration::from_secs(3)).await;
+    let public = try_get(node.public, "/healthz", Duration::from_secs(1)).await;
+    while wall0.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (cpu, wall) = (cpu_time(pid) - cpu0, wall0.elapsed());
+    assert!(fds(pid) >= 62, "vacuity: exhaustion ended during the measurement");
+    assert!(
+        cpu.as_secs_f64() < 0.10 * wall.as_secs_f64(),
+        "accept busy-loop: {cpu:?} of CPU in {wall:?}"
+    );
+    // While exhausted, a health check cannot come back healthy.
+    assert_ne!(health, Some(200), "the admin health said healthy while out of fds");
+    assert_ne!(public, Some(200), "a request was served while out of fds");
+
+    // Recovery: the sockets close, copyist serves and reports healthy again.
+    drop(held);
+    crate::assert_eventually!(
+        try_get(node.public, "/healthz", Duration::from_secs(2)).await == Some(200),
+        "copyist did not recover after the sockets closed"
+    );
+    crate::assert_eventually!(
+        try_get(node.admin, "/health", Duration::from_secs(2)).await == Some(200),
+        "health did not recover"
+    );
+    crate::assert_eventually!(
+        fds(pid) <= baseline + 4,
+        "descriptors leaked: {} now, {baseline} before",
+        fds(pid)
+    );
+    assert!(node.child.try_wait().unwrap().is_none(), "copyist died");
+}
+
+// === G6: clock skew on a mirror ===
+
+/// libfaketime on the mirror's process only (same pid, unlike the `faketime` wrapper, which
+/// forks): its wall clock is `offset` away, its monotonic clock untouched.
+fn faketime(offset: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "LD_PRELOAD".into(),
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1".into(),
+        ),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
+/// A mirror whose clock is 10 minutes off (either way) replicates as usual. One two years
+/// behind sees the writer's certificate as not yet valid: the handshake is refused with that
+/// reason in its log and in the writer's view of it, nothing is applied, and fixing the clock
+/// lets it catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_is_tolerated_in_minutes_and_blocks_replication_with_a_reason_in_years() {
+    use crate::support::process_cluster::{ProcessCluster, ProcessClusterOpts};
+    assert!(
+        Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists(),
+        "libfaketime missing: apt-get install faketime (scripts/check.sh installs it)"
+    );
+    let mut cluster = ProcessCluster::start(ProcessClusterOpts::default()).await;
+    let mut seq = 0;
+    for offset in ["+600s", "-600s"] {
+        cluster.mirror.kill9();
+        cluster.mirror.env = faketime(offset);
+        cluster.mirror.start().await;
+        let pid = cluster.mirror.proc.as_ref().unwrap().child.id();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            String::from_utf8_lossy(&environ).contains(&format!("FAKETIME={offset}")),
+            "vacuity: the mirror does not run under faketime"
+        );
+        let r = cluster
+            .writer
+            .client()
+            .post_form("/articles", &format!("title=skew{offset}"))
+            .await;
+        seq += 1;
+        assert_eq!(r.seq(), Some(seq), "{}", r.text());
+        cluster.wait_converged(Duration::from_secs(30)).await;
+        assert_eq!(cluster.mirror.dump().await, cluster.writer.dump().await);
+    }
+
+    // Two years behind: the writer's certificate is not valid yet on the mirror.
+    cluster.mirror.kill9();
+    cluster.mirror.env = faketime("-730d");
+    cluster.mirror.start().await;
+    let before = cluster.mirror.dump().await;
+    let r = cluster
+        .writer
+        .client()
+        .post_form("/articles", "title=from-the-future")
+        .await;
+    assert_eq!(r.seq(), Some(seq + 1));
+    crate::assert_eventually!(
+        {
+            let log = cluster.mirror.log_tail().to_lowercase();
+            log.contains("handshake")
+                && ["notvalidyet", "not valid yet", "not yet valid", "not valid before"]
+                    .iter()
+                    .any(|why| log.contains(why))
+        },
+        "the mirror's log gives no reason:\n{}",
+        cluster.logs()
+    );
+    crate::assert_eventually!(
+        !cluster.writer.status().await["mirrors"][0]["last_error"].is_null(),
+        "the writer does not report the refused mirror: {}",
+        cluster.writer.status().await
+    );
+    let view = cluster.writer.status().await["mirrors"][0].clone();
+    assert_eq!(cluster.mirror.status().await["applied_seq"], seq, "{view}");
+    assert_eq!(cluster.mirror.dump().await, before, "applied through a refused handshake");
+    assert!(!before.contains("from-the-future"));
+
+    // The clock fixed, it catches up.
+    cluster.mirror.kill9();
+    cluster.mirror.env = Vec::new();
+    cluster.mirror.start().await;
+    cluster.wait_converged(Duration::from_secs(30)).await;
+    assert!(cluster.mirror.dump().await.contains("from-the-future"));
+}
+
+// === F7: slowloris, RUDY, slow read ===
+
+/// What one slow connection achieved.
+#[derive(Debug)]
+struct Slow {
+    /// Bytes it got into copyist (the attack really happened).
+    sent: usize,
+    /// How long after it went slow the server closed it; `None`: still open at the give-up time.
+    closed_after: Option<Duration>,
+}
+
+/// Opens a connection, sends `head`, then trickles one byte (`drip`) every `every` for
+/// `trickle_for`, then goes silent; returns when the server closes the connection (or after
+/// `give_up`). Anything the server answers (a 408) is read and discarded.
+async fn slow_client(
+    addr: std::net::SocketAddr,
+    head: Vec<u8>,
+    every: Duration,
+    trickle_for: Duration,
+    give_up: Duration,
+) -> Slow {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let mut sent = 0;
+    let closed = |sent| Slow {
+        sent,
+        closed_after: Some(started.elapsed()),
+    };
+    if s.write_all(&head).await.is_err() {
+        return closed(sent);
+    }
+    sent += head.len();
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return closed(sent),
+                Ok(_) => continue,
+            },
+            () = tokio::time::sleep(every) => {
+                if started.elapsed() > give_up {
+                    return Slow { sent, closed_after: None };
+                }
+                if started.elapsed() < trickle_for {
+                    if s.write_all(b"a").await.is_err() {
+                        return closed(sent);
+                    }
+                    sent += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The response a slow reader asks for: far beyond its 4 KiB window, small enough that the
+/// kernel's socket buffers between copyist and the CMS absorb it, so the CMS (`php -S` with 2
+/// workers) is not held by back-pressure. A larger one holds a CMS worker until
+/// `send_timeout` cuts the client: copyist streams, it does not buffer responses.
+const SLOW_READ_BYTES: usize = 4_000_000;
+
+/// `n` sequential requests by a legitimate client; returns the 99th-percentile latency.
+async fn probe_p99(addr: std::net::SocketAddr, n: usize) -> Duration {
+    let c = Client::new(addr);
+    let mut lat = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = c.get("/healthz").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    lat[n * 99 / 100 - 1]
+}
+
+/// Slowloris (300 connections dripping header bytes), RUDY (100 connections dripping a body)
+/// and slow read (20 clients with a 4 KiB window that never read a 4 MB response), each against a real process:
+/// a legitimate client's p99 stays under 1 s, copyist's descriptors and memory stay bounded,
+/// and every slow connection is closed by its deadline (`header_read_timeout`,
+/// `body_read_timeout`, `send_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_by_deadlines_while_a_real_client_stays_fast() {
+    let cms = PhpCms::start();
+    let (_dir, mut node) = proxy_process(
+        &cms.url(),
+        "header_read_timeout = \"3s\"\nbody_read_timeout = \"2s\"\nsend_timeout = \"3s\"",
+        &[],
+    )
+    .await;
+    let pid = node.child.id();
+    let addr = node.public;
+    assert!(probe_p99(addr, 10).await < Duration::from_secs(1));
+    let (fds0, rss0) = (fds(pid), rss_kb(pid));
+
+    // --- slowloris: a header line that never ends, one byte every 200 ms.
+    const LORIS: usize = 300;
+    let mut attackers = Vec::new();
+    for _ in 0..LORIS {
+        attackers.push(tokio::spawn(slow_client(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_vec(),
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            Duration::from_secs(20),
+        )));
+    }
+    crate::assert_eventually!(
+        fds(pid) >= fds0 + LORIS * 9 / 10,
+        "the slowloris connections were not held: {} fds",
+        fds(pid)
+    );
+    let held_fds = fds(pid);
+    let p99 = probe_p99(addr, 100).await;
+    assert!(p99 < Duration::from_secs(1), "slowloris: p99 {p99:?}");
+    assert!(
+        held_fds <= fds0 + LORIS + 16,
+        "descriptors beyond one per connection: {held_fds} (was {fds0})"
+    );
+    let mut sent = 0;
+    for a in attackers {
+        let slow = a.await.unwrap();
+        sent += slow.sent;
+        let closed = slow.closed_after.expect("a slowloris connection outlived its deadline");
+        assert!(closed < Duration::from_secs(8), "closed only after {closed:?}");
+    }
+    assert!(sent > LORIS * 30, "vacuity: only {sent} bytes dripped");
+
+    // --- RUDY: a declared 100 kB form body, dripped a byte every 500 ms for 3 s, then silent.
+    const RUDY: usize = 100;
+    let head = b"POST /articles HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\ntitle=".to_vec();
+    let mut attackers = Vec::new();
+    for _ in 0..RUDY {
+        attackers.push(tokio::spawn(slow_client(
+            addr,
+            head.clone(),
+            Duration::from_millis(500),
+            Duration::from_secs(3),
+            Duration::from_secs(20),
+        )));
+    }
+    crate::assert_eventually!(
+        fds(pid) >= fds0 + RUDY * 9 / 10,
+        "the RUDY connections were not held: {} fds",
+        fds(pid)
+    );
+    let p99 = probe_p99(addr, 100).await;
+    assert!(p99 < Duration::from_secs(1), "RUDY: p99 {p99:?}");
+    for a in attackers {
+        let slow = a.await.unwrap();
+        assert!(slow.sent > head.len(), "vacuity: no body byte dripped");
+        let closed = slow.closed_after.expect("a RUDY connection outlived its deadline");
+        // Trickling (every 500 ms) keeps it under the 2 s idle deadline; silence ends it.
+        assert!(
+            closed >= Duration::from_secs(3) && closed < Duration::from_secs(9),
+            "closed after {closed:?}"
+        );
+    }
+    let admin = Client::new(node.admin);
+    let status: serde_json::Value =
+        serde_json::from_slice(&admin.get("/api/v1/status").await.body).unwrap();
+    assert_eq!(status["last_seq"], 0, "a half-sent body was logged: {status}");
+
+    // --- slow read: responses far larger than the clients' 4 KiB window, never read.
+    const READERS: usize = 20;
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let get = format!("GET /big?bytes={SLOW_READ_BYTES} HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(get.as_bytes()).await.unwrap();
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200", "vacuity: the response did not start");
+        readers.push((s, Instant::now()));
+    }
+    let p99 = probe_p99(addr, 100).await;
+    assert!(p99 < Duration::from_secs(1), "slow read: p99 {p99:?}");
+    assert!(
+        rss_kb(pid) < rss0 + 256 * 1024,
+        "RSS grew from {rss0} kB to {} kB",
+        rss_kb(pid)
+    );
+    // Each one is cut by send_timeout while it still holds its socket open: copyist's
+    // descriptors go back to where they were; reading now finds a truncated response.
+    crate::assert_eventually!(
+        fds(pid) <= fds0 + 4,
+        "slow readers were never cut: {} fds (was {fds0})",
+        fds(pid)
+    );
+    for (mut s, since) in readers {
+        use tokio::io::AsyncReadExt;
+        assert!(since.elapsed() > Duration::from_secs(3), "cut before send_timeout");
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the connection is still open");
+        assert!(rest.len() < SLOW_READ_BYTES, "the whole response was delivered");
+    }
+    // Back to where it started: no descriptor kept for a closed connection, still serving.
+    crate::assert_eventually!(
+        fds(pid) <= fds0 + 4,
+        "descriptors leaked: {} (was {fds0})",
+        fds(pid)
+    );
+    assert!(probe_p99(addr, 10).await < Duration::from_secs(1));
+    assert!(node.child.try_wait().unwrap().is_none(), "copyist died");
+}

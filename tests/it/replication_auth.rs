@@ -889,7 +889,10 @@ async fn an_entry_ahead_of_its_turn_is_never_applied_before_its_predecessor() {
     assert_eq!(gap.expected, 2);
 
     // N+2 within the window: held, not applied, while N+1 is missing.
-    let early = tokio::spawn(post_entry(rep, config.clone(), 3, &article_entry(3, "third")));
+    let early = {
+        let config = config.clone();
+        tokio::spawn(async move { post_entry(rep, config, 3, &article_entry(3, "third")).await })
+    };
     let watch_until = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < watch_until {
         assert_eq!(applied_seq(m).await, 1, "N+2 was applied before N+1");

@@ -52,13 +52,15 @@ pub struct ProcNode {
     pub starts: usize,
     /// Every pid it has run as, in order.
     pub pids: Vec<u32>,
+    /// Extra environment for the next start (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProcNode {
     /// Starts (or restarts) the process on the same config and data dir.
     pub async fn start(&mut self) {
         assert!(self.proc.is_none(), "{} is already running", self.name);
-        let p = spawn(&self.config_path, &self.data_dir, &self.log_path).await;
+        let p = spawn(&self.config_path, &self.data_dir, &self.log_path, &self.env).await;
         self.pids.push(p.child.id());
         self.proc = Some(p);
         self.starts += 1;
@@ -170,7 +172,7 @@ impl ProcNode {
 /// Starts `copyist run -c config`, appending its stderr to `log`, and waits until its admin API
 /// answers. A start that fails because the fixed replication port is briefly taken (by an
 /// outgoing connection's ephemeral port) is retried.
-async fn spawn(config: &Path, data: &Path, log: &Path) -> NodeProcess {
+async fn spawn(config: &Path, data: &Path, log: &Path, env: &[(String, String)]) -> NodeProcess {
     let deadline = Instant::now() + Duration::from_secs(20);
     'attempt: loop {
         let _ = std::fs::remove_file(data.join("admin.addr"));
@@ -184,6 +186,7 @@ async fn spawn(config: &Path, data: &Path, log: &Path) -> NodeProcess {
             .arg("-c")
             .arg(config)
             .env("COPYIST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
@@ -318,6 +321,7 @@ impl ProcessCluster {
             proc: None,
             starts: 0,
             pids: Vec::new(),
+            env: Vec::new(),
         };
         mirror.start().await;
 
@@ -351,6 +355,7 @@ impl ProcessCluster {
             proc: None,
             starts: 0,
             pids: Vec::new(),
+            env: Vec::new(),
         };
         writer.start().await;
         ProcessCluster {

@@ -524,13 +524,17 @@ async fn fd_exhaustion_does_not_spin_and_recovers() {
     assert_eq!(try_get(node.public, "/healthz", Duration::from_secs(5)).await, Some(200));
     let baseline = fds(pid);
 
-    // 200 connections that send nothing: the kernel completes them (backlog), copyist accepts
-    // until it runs out of descriptors.
+    // 200 connections that send nothing: copyist accepts until it runs out of descriptors,
+    // the kernel queues more in the listen backlog, and drops the SYNs of the rest (those
+    // connects time out; only the ones that connected count).
     let mut held = Vec::new();
     for _ in 0..200 {
-        held.push(tokio::net::TcpStream::connect(node.public).await.unwrap());
+        let connect = tokio::net::TcpStream::connect(node.public);
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(300), connect).await {
+            held.push(s);
+        }
     }
-    assert_eq!(held.len(), 200);
+    assert!(held.len() >= 100, "vacuity: only {} sockets held", held.len());
     crate::assert_eventually!(
         fds(pid) >= 62,
         "copyist never ran out of descriptors: {} open",

@@ -102,9 +102,7 @@ impl HttpError for ProxyError {
         match self {
             ProxyError::Origin(e) => e.blame(),
             ProxyError::Capture(e) => e.blame(),
-            ProxyError::WriteOnMirror | ProxyError::Forward(_) | ProxyError::Loop => {
-                Blame::Copyist
-            }
+            ProxyError::WriteOnMirror | ProxyError::Forward(_) | ProxyError::Loop => Blame::Copyist,
             _ => Blame::Client,
         }
     }

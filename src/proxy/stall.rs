@@ -38,7 +38,11 @@ impl<T> SendDeadline<T> {
     /// Maps the inner poll: progress disarms the deadline; `Pending` arms it (once) and fails
     /// the write when it expires. Polling the sleep registers the waker, so an expiry wakes
     /// the connection task even if the socket never becomes writable again.
-    fn guard<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn guard<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         match polled {
             Poll::Ready(r) => {
                 self.stalled = None;
@@ -72,7 +76,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for SendDeadline<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for SendDeadline<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.guard(cx, polled)

@@ -27,7 +27,12 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// `POST path` with a raw body and content type, from `client`.
-async fn post_raw(client: &Client, path: &str, content_type: &str, body: &[u8]) -> crate::support::Reply {
+async fn post_raw(
+    client: &Client,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> crate::support::Reply {
     let req = client
         .request("POST", path)
         .header("content-type", content_type)
@@ -75,16 +80,19 @@ async fn an_origin_pointing_back_at_copyist_is_a_508_after_one_hop() {
         .unwrap()
         .port();
     let data = dir.path().join("data");
-    let text = config_text(&data, &format!("http://127.0.0.1:{port}"), Opts::default())
-        .replacen(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-            1,
-        );
+    let text = config_text(&data, &format!("http://127.0.0.1:{port}"), Opts::default()).replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, text).unwrap();
     let mut node = NodeProcess::start(&config, &data).await;
-    assert_eq!(node.public.port(), port, "vacuity: the node must listen where its origin points");
+    assert_eq!(
+        node.public.port(),
+        port,
+        "vacuity: the node must listen where its origin points"
+    );
     let c = Client::new(node.public);
 
     let started = Instant::now();
@@ -152,7 +160,7 @@ async fn tricky_multipart_bodies_reach_both_cmses_byte_identical_and_parse_alike
         (
             "case variants of name= and filename=",
             "multipart/form-data; boundary=B".into(),
-            format!(
+            String::from(
                 "--B\r\ncontent-disposition: form-data; NAME=\"title\"\r\n\r\nupper\r\n\
                  --B\r\nCONTENT-DISPOSITION: form-data; Name=\"f\"; FILENAME=\"Case.txt\"\r\n\r\nfile\r\n--B--\r\n"
             )
@@ -230,7 +238,10 @@ async fn tricky_multipart_bodies_reach_both_cmses_byte_identical_and_parse_alike
         assert_eq!(mentry["state"], "applied", "{what}: {mentry}");
         // The mirror's PHP parsed the same bytes into the same $_POST/$_FILES.
         let mirror_echo = last_echo(&mirror.cms).await;
-        assert_eq!(mirror_echo, writer_echo, "{what}: the mirror's PHP saw another form");
+        assert_eq!(
+            mirror_echo, writer_echo,
+            "{what}: the mirror's PHP saw another form"
+        );
         assert_eq!(
             mentry["mirror_outcome"]["body_digest"], wentry["outcome"]["body_digest"],
             "{what}"
@@ -242,7 +253,10 @@ async fn tricky_multipart_bodies_reach_both_cmses_byte_identical_and_parse_alike
         }
     }
     // Vacuity: the bodies were real forms to PHP, not all rejected as garbage.
-    assert!(parsed_something >= cases.len() - 1, "PHP parsed only {parsed_something} bodies");
+    assert!(
+        parsed_something >= cases.len() - 1,
+        "PHP parsed only {parsed_something} bodies"
+    );
     assert_eq!(mirror.dump().await, cluster.writer.dump().await);
 }
 
@@ -287,25 +301,33 @@ async fn upload_filenames_never_name_a_file_and_reach_the_cms_verbatim() {
         let file = &echo["files"]["f"];
         let full = file["full_path_hex"].as_str().unwrap();
         if name.contains(&0) {
-            assert!(hex(name).starts_with(full) && !full.is_empty(), "{shown}: {echo}");
+            assert!(
+                hex(name).starts_with(full) && !full.is_empty(),
+                "{shown}: {echo}"
+            );
         } else {
             assert_eq!(full, hex(name), "{shown}: {echo}");
         }
         assert_eq!(file["size"], content.len(), "{shown}: {echo}");
         cluster.wait_applied(0, seq).await;
-        assert_eq!(last_echo(&mirror.cms).await, echo, "{shown}: the mirror's PHP differs");
+        assert_eq!(
+            last_echo(&mirror.cms).await,
+            echo,
+            "{shown}: the mirror's PHP differs"
+        );
     }
 
     // Every file copyist keeps under its data dir is either a blob named by its hash, or not
     // a blob at all (sled, admin.addr); none is named after an upload.
     let markers = ["passwd", "x.php", "cpyst-evil", "LLLLLLLL", "nfd"];
     let mut blobs = 0;
-    for node_dir in [
-        cluster.writer.node.dir.path(),
-        mirror.node.dir.path(),
-    ] {
+    for node_dir in [cluster.writer.node.dir.path(), mirror.node.dir.path()] {
         for path in files_under(node_dir, 6) {
-            let rel = path.strip_prefix(node_dir).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(node_dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             assert!(
                 !markers.iter().any(|m| rel.contains(m)),
                 "a file named after an upload: {rel}"
@@ -315,7 +337,10 @@ async fn upload_filenames_never_name_a_file_and_reach_the_cms_verbatim() {
                 let is_hash = parts.len() == 2
                     && parts[0].len() == 2
                     && parts[1].len() == 62
-                    && inside.replace('/', "").chars().all(|c| c.is_ascii_hexdigit());
+                    && inside
+                        .replace('/', "")
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit());
                 assert!(is_hash || parts[0] == "tmp", "not a hash-named blob: {rel}");
                 if is_hash {
                     blobs += 1;
@@ -323,7 +348,10 @@ async fn upload_filenames_never_name_a_file_and_reach_the_cms_verbatim() {
             }
         }
     }
-    assert!(blobs >= names.len(), "vacuity: the uploads were not blobs ({blobs})");
+    assert!(
+        blobs >= names.len(),
+        "vacuity: the uploads were not blobs ({blobs})"
+    );
     // Nothing escaped into the temp dir or the CMS's own directories, and /etc/passwd is as
     // it was.
     for dir in [
@@ -341,7 +369,10 @@ async fn upload_filenames_never_name_a_file_and_reach_the_cms_verbatim() {
         }
     }
     assert!(!Path::new("/abs").exists());
-    assert_eq!(std::fs::read("/etc/passwd").unwrap_or_default(), passwd_before);
+    assert_eq!(
+        std::fs::read("/etc/passwd").unwrap_or_default(),
+        passwd_before
+    );
 }
 
 // === F10: multipart DoS ===
@@ -375,7 +406,9 @@ async fn multipart_bombs_are_bounded_and_never_half_read() {
 
     let pad = vec![b'.'; 8 * 1024 * 1024];
     let mut preamble = pad.clone();
-    preamble.extend_from_slice(format!("\r\n--B\r\n{cd}; name=\"t\"\r\n\r\npre\r\n--B--\r\n").as_bytes());
+    preamble.extend_from_slice(
+        format!("\r\n--B\r\n{cd}; name=\"t\"\r\n\r\npre\r\n--B--\r\n").as_bytes(),
+    );
     preamble.extend_from_slice(&pad);
 
     let long_boundary = "b".repeat(70);
@@ -386,10 +419,30 @@ async fn multipart_bombs_are_bounded_and_never_half_read() {
     .into_bytes();
 
     let cases: Vec<(&str, String, &[u8], &str)> = vec![
-        ("100k tiny parts", "boundary=B".into(), &tiny[..], "more than 1000 parts"),
-        ("unterminated part headers", "boundary=B".into(), &unterminated[..], ""),
-        ("40 part headers", "boundary=B".into(), &many_headers[..], ""),
-        ("8 MB preamble and 8 MB epilogue", "boundary=B".into(), &preamble[..], ""),
+        (
+            "100k tiny parts",
+            "boundary=B".into(),
+            &tiny[..],
+            "more than 1000 parts",
+        ),
+        (
+            "unterminated part headers",
+            "boundary=B".into(),
+            &unterminated[..],
+            "",
+        ),
+        (
+            "40 part headers",
+            "boundary=B".into(),
+            &many_headers[..],
+            "",
+        ),
+        (
+            "8 MB preamble and 8 MB epilogue",
+            "boundary=B".into(),
+            &preamble[..],
+            "",
+        ),
         (
             "70-char boundary, 69 in the body",
             format!("boundary={long_boundary}"),
@@ -399,12 +452,23 @@ async fn multipart_bombs_are_bounded_and_never_half_read() {
     ];
     for (what, boundary, body, index_error) in cases {
         let started = Instant::now();
-        let r = post_raw(&c, "/echo-form", &format!("multipart/form-data; {boundary}"), body).await;
+        let r = post_raw(
+            &c,
+            "/echo-form",
+            &format!("multipart/form-data; {boundary}"),
+            body,
+        )
+        .await;
         let took = started.elapsed();
         assert!(took < Duration::from_secs(20), "{what}: took {took:?}");
         let Some(seq) = r.seq() else {
             // Refused before the CMS: it must be a client error, and nothing was logged.
-            assert!((400..500).contains(&r.status), "{what}: {} {}", r.status, r.text());
+            assert!(
+                (400..500).contains(&r.status),
+                "{what}: {} {}",
+                r.status,
+                r.text()
+            );
             continue;
         };
         let entry = node.api(&format!("/api/v1/log/{seq}")).await;
@@ -452,7 +516,9 @@ fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name (which may hold spaces) start with field 3, the state;
     // utime and stime are fields 14 and 15.
-    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
     let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
     Duration::from_secs_f64(ticks as f64 / clock_ticks())
 }
@@ -521,7 +587,10 @@ async fn fd_exhaustion_does_not_spin_and_recovers() {
             .any(|l| l.starts_with("Max open files") && l.contains(" 64 ")),
         "vacuity: the limit is not in force:\n{limits}"
     );
-    assert_eq!(try_get(node.public, "/healthz", Duration::from_secs(5)).await, Some(200));
+    assert_eq!(
+        try_get(node.public, "/healthz", Duration::from_secs(5)).await,
+        Some(200)
+    );
     let baseline = fds(pid);
 
     // 200 connections that send nothing: copyist accepts until it runs out of descriptors,
@@ -534,7 +603,11 @@ async fn fd_exhaustion_does_not_spin_and_recovers() {
             held.push(s);
         }
     }
-    assert!(held.len() >= 100, "vacuity: only {} sockets held", held.len());
+    assert!(
+        held.len() >= 100,
+        "vacuity: only {} sockets held",
+        held.len()
+    );
     crate::assert_eventually!(
         fds(pid) >= 62,
         "copyist never ran out of descriptors: {} open",
@@ -556,13 +629,20 @@ async fn fd_exhaustion_does_not_spin_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (cpu, wall) = (cpu_time(pid) - cpu0, wall0.elapsed());
-    assert!(fds(pid) >= 62, "vacuity: exhaustion ended during the measurement");
+    assert!(
+        fds(pid) >= 62,
+        "vacuity: exhaustion ended during the measurement"
+    );
     assert!(
         cpu.as_secs_f64() < 0.10 * wall.as_secs_f64(),
         "accept busy-loop: {cpu:?} of CPU in {wall:?}"
     );
     // While exhausted, a health check cannot come back healthy.
-    assert_ne!(health, Some(200), "the admin health said healthy while out of fds");
+    assert_ne!(
+        health,
+        Some(200),
+        "the admin health said healthy while out of fds"
+    );
     assert_ne!(public, Some(200), "a request was served while out of fds");
 
     // Recovery: the sockets close, copyist serves and reports healthy again.
@@ -647,9 +727,14 @@ async fn clock_skew_is_tolerated_in_minutes_and_blocks_replication_with_a_reason
         {
             let log = cluster.mirror.log_tail().to_lowercase();
             log.contains("handshake")
-                && ["notvalidyet", "not valid yet", "not yet valid", "not valid before"]
-                    .iter()
-                    .any(|why| log.contains(why))
+                && [
+                    "notvalidyet",
+                    "not valid yet",
+                    "not yet valid",
+                    "not valid before",
+                ]
+                .iter()
+                .any(|why| log.contains(why))
         },
         "the mirror's log gives no reason:\n{}",
         cluster.logs()
@@ -661,7 +746,11 @@ async fn clock_skew_is_tolerated_in_minutes_and_blocks_replication_with_a_reason
     );
     let view = cluster.writer.status().await["mirrors"][0].clone();
     assert_eq!(cluster.mirror.status().await["applied_seq"], seq, "{view}");
-    assert_eq!(cluster.mirror.dump().await, before, "applied through a refused handshake");
+    assert_eq!(
+        cluster.mirror.dump().await,
+        before,
+        "applied through a refused handshake"
+    );
     assert!(!before.contains("from-the-future"));
 
     // The clock fixed, it catches up.
@@ -794,8 +883,13 @@ async fn slow_clients_are_cut_by_deadlines_while_a_real_client_stays_fast() {
     for a in attackers {
         let slow = a.await.unwrap();
         sent += slow.sent;
-        let closed = slow.closed_after.expect("a slowloris connection outlived its deadline");
-        assert!(closed < Duration::from_secs(8), "closed only after {closed:?}");
+        let closed = slow
+            .closed_after
+            .expect("a slowloris connection outlived its deadline");
+        assert!(
+            closed < Duration::from_secs(8),
+            "closed only after {closed:?}"
+        );
     }
     assert!(sent > LORIS * 30, "vacuity: only {sent} bytes dripped");
 
@@ -822,7 +916,9 @@ async fn slow_clients_are_cut_by_deadlines_while_a_real_client_stays_fast() {
     for a in attackers {
         let slow = a.await.unwrap();
         assert!(slow.sent > head.len(), "vacuity: no body byte dripped");
-        let closed = slow.closed_after.expect("a RUDY connection outlived its deadline");
+        let closed = slow
+            .closed_after
+            .expect("a RUDY connection outlived its deadline");
         // Trickling (every 500 ms) keeps it under the 2 s idle deadline; silence ends it.
         assert!(
             closed >= Duration::from_secs(3) && closed < Duration::from_secs(9),
@@ -832,7 +928,10 @@ async fn slow_clients_are_cut_by_deadlines_while_a_real_client_stays_fast() {
     let admin = Client::new(node.admin);
     let status: serde_json::Value =
         serde_json::from_slice(&admin.get("/api/v1/status").await.body).unwrap();
-    assert_eq!(status["last_seq"], 0, "a half-sent body was logged: {status}");
+    assert_eq!(
+        status["last_seq"], 0,
+        "a half-sent body was logged: {status}"
+    );
 
     // --- slow read: responses far larger than the clients' 4 KiB window, never read.
     const READERS: usize = 20;
@@ -846,7 +945,10 @@ async fn slow_clients_are_cut_by_deadlines_while_a_real_client_stays_fast() {
         s.write_all(get.as_bytes()).await.unwrap();
         let mut first = [0u8; 12];
         s.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"HTTP/1.1 200", "vacuity: the response did not start");
+        assert_eq!(
+            &first, b"HTTP/1.1 200",
+            "vacuity: the response did not start"
+        );
         readers.push((s, Instant::now()));
     }
     let p99 = probe_p99(addr, 100).await;
@@ -865,11 +967,17 @@ async fn slow_clients_are_cut_by_deadlines_while_a_real_client_stays_fast() {
     );
     for (mut s, since) in readers {
         use tokio::io::AsyncReadExt;
-        assert!(since.elapsed() > Duration::from_secs(3), "cut before send_timeout");
+        assert!(
+            since.elapsed() > Duration::from_secs(3),
+            "cut before send_timeout"
+        );
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "the connection is still open");
-        assert!(rest.len() < SLOW_READ_BYTES, "the whole response was delivered");
+        assert!(
+            rest.len() < SLOW_READ_BYTES,
+            "the whole response was delivered"
+        );
     }
     // Back to where it started: no descriptor kept for a closed connection, still serving.
     crate::assert_eventually!(

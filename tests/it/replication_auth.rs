@@ -917,8 +917,14 @@ async fn an_entry_ahead_of_its_turn_is_never_applied_before_its_predecessor() {
     assert_eq!(answer["state"], "applied", "{answer}");
     assert_eq!(applied_seq(m).await, 3);
     let dump = m.dump().await;
-    let (second, third) = (dump.find("\"second\"").unwrap(), dump.find("\"third\"").unwrap());
+    let (second, third) = (
+        dump.find("\"second\"").unwrap(),
+        dump.find("\"third\"").unwrap(),
+    );
     assert!(second < third, "applied out of order: {dump}");
-    assert!(dump.contains("{\"body\":\"forged\",\"id\":2,\"title\":\"second\"}"), "{dump}");
+    assert!(
+        dump.contains("{\"body\":\"forged\",\"id\":2,\"title\":\"second\"}"),
+        "{dump}"
+    );
     assert!(!dump.contains("\"far\""));
 }

@@ -4,6 +4,11 @@
 //!
 //! It decides nothing about durability (that is `capture`) and never touches the log directly.
 //!
+//! Hostile clients meet deadlines at every stage: the TLS handshake and the request head
+//! (`header_read_timeout`), the body (`body_read_timeout`, in `body`) and the response
+//! (`send_timeout`, [`stall`]). A request that comes back from the origin carrying this node's
+//! own request id is a forwarding loop and gets 508 (RFC 9110 7.6).
+//!
 //! Its settings (`[public]` limits and timeouts, `[[capture.rule]]`s) are read from
 //! [`Live`] once per request, and hyper's own limits once per new connection, so a SIGHUP
 //! reload applies to the next request (or connection) without a restart. With

@@ -13,6 +13,8 @@ missing() {
   fi
   [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || m+=(haproxy)
   command -v chromium >/dev/null || m+=(chromium)
+  # Clock-skew tests (RELIABILITY.md G6) run a mirror under faketime.
+  command -v faketime >/dev/null || m+=(faketime)
   echo "${m[@]:-}"
 }
 pkgs=$(missing)

@@ -98,6 +98,7 @@ pub fn merge(running: &Config, file: &Config) -> (Config, Changes) {
     live!("[public] trusted_proxies", public.trusted_proxies);
     live!("[public] header_read_timeout", public.header_read_timeout);
     live!("[public] body_read_timeout", public.body_read_timeout);
+    live!("[public] send_timeout", public.send_timeout);
     live!("[public] max_header_bytes", public.max_header_bytes);
     live!("[public] max_headers", public.max_headers);
     live!("[public] max_body_bytes", public.max_body_bytes);

@@ -23,6 +23,11 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// sending must not pin a spool file and a connection forever.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `public.send_timeout`: the longest a response write may wait on a client that reads nothing
+/// (nginx's `send_timeout` is also 60 s). A client that stops reading otherwise holds its
+/// connection and, through back-pressure, the CMS worker producing the response, for ever.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `public.max_header_bytes`: CMS admin sessions carry several large cookies; 64 KiB is twice
 /// what nginx accepts by default (4 × 8 KiB), so anything nginx passes, copyist passes too.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;

@@ -97,6 +97,8 @@ pub struct PublicConfig {
     pub header_read_timeout: Duration,
     /// Longest silence between two chunks of a request body.
     pub body_read_timeout: Duration,
+    /// Longest a response write may make no progress (a client that stopped reading).
+    pub send_timeout: Duration,
     /// Largest request head accepted. At least [`defaults::MIN_HEADER_BYTES`] (hyper's floor).
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request. At least 1.
@@ -347,6 +349,7 @@ impl PublicConfig {
             trusted_proxies: Vec::new(),
             header_read_timeout: defaults::HEADER_READ_TIMEOUT,
             body_read_timeout: defaults::BODY_READ_TIMEOUT,
+            send_timeout: defaults::SEND_TIMEOUT,
             max_header_bytes: defaults::MAX_HEADER_BYTES,
             max_headers: defaults::MAX_HEADERS,
             max_body_bytes: defaults::MAX_BODY_BYTES,

@@ -105,6 +105,7 @@ fn public(f: FilePublic, dir: &Path, p: &mut Problems) -> Option<PublicConfig> {
     let trusted_proxies = optional_list(f.trusted_proxies, Vec::new(), p, ip_net);
     let header_read_timeout = optional(f.header_read_timeout, d::HEADER_READ_TIMEOUT, p, duration);
     let body_read_timeout = optional(f.body_read_timeout, d::BODY_READ_TIMEOUT, p, duration);
+    let send_timeout = optional(f.send_timeout, d::SEND_TIMEOUT, p, duration);
     let max_header_bytes = optional(f.max_header_bytes, d::MAX_HEADER_BYTES, p, header_bytes);
     let max_headers = optional(f.max_headers, d::MAX_HEADERS, p, |n| count(n, 1));
     let max_body_bytes = optional(f.max_body_bytes, d::MAX_BODY_BYTES, p, nonzero_size);
@@ -115,6 +116,7 @@ fn public(f: FilePublic, dir: &Path, p: &mut Problems) -> Option<PublicConfig> {
         trusted_proxies: trusted_proxies?,
         header_read_timeout: header_read_timeout?,
         body_read_timeout: body_read_timeout?,
+        send_timeout: send_timeout?,
         max_header_bytes: max_header_bytes?,
         max_headers: max_headers?,
         max_body_bytes: max_body_bytes?,

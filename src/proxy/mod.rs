@@ -4,6 +4,11 @@
 //!
 //! It decides nothing about durability (that is `capture`) and never touches the log directly.
 //!
+//! Hostile clients meet deadlines at every stage: the TLS handshake and the request head
+//! (`header_read_timeout`), the body (`body_read_timeout`, in `body`) and the response
+//! (`send_timeout`, [`stall`]). A request that comes back from the origin carrying this node's
+//! own request id is a forwarding loop and gets 508 (RFC 9110 7.6).
+//!
 //! Its settings (`[public]` limits and timeouts, `[[capture.rule]]`s) are read from
 //! [`Live`] once per request, and hyper's own limits once per new connection, so a SIGHUP
 //! reload applies to the next request (or connection) without a restart. With
@@ -13,6 +18,7 @@
 pub mod classify;
 pub mod headers;
 pub mod passthrough;
+pub mod stall;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -70,6 +76,10 @@ pub enum ProxyError {
     /// CONNECT and TRACE are not relayed.
     #[error("method {0} is not allowed through copyist")]
     MethodRefused(Method),
+    /// The request carries the request id this process gave it: `[origin] url` leads back to
+    /// this proxy, and forwarding it again would recurse until sockets or memory run out.
+    #[error("forwarding loop: this request already passed through this node ([origin] url points back at copyist)")]
+    Loop,
     /// A write forwarded from this mirror to the writer failed.
     #[error(transparent)]
     Forward(#[from] ForwardError),
@@ -98,7 +108,7 @@ impl HttpError for ProxyError {
         match self {
             ProxyError::Origin(e) => e.blame(),
             ProxyError::Capture(e) => e.blame(),
-            ProxyError::WriteOnMirror | ProxyError::Forward(_) => Blame::Copyist,
+            ProxyError::WriteOnMirror | ProxyError::Forward(_) | ProxyError::Loop => Blame::Copyist,
             _ => Blame::Client,
         }
     }
@@ -109,6 +119,7 @@ impl HttpError for ProxyError {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MethodRefused(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::WriteOnMirror => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Loop => StatusCode::LOOP_DETECTED,
             ProxyError::Origin(e) => e.status(),
             ProxyError::Capture(e) => e.status(),
             ProxyError::Forward(e) => e.status(),
@@ -126,6 +137,7 @@ impl HttpError for ProxyError {
             ProxyError::Origin(_)
             | ProxyError::MethodRefused(_)
             | ProxyError::WriteOnMirror
+            | ProxyError::Loop
             | ProxyError::Forward(_) => false,
             // The body was not read: the rest of the connection cannot be trusted to be framed.
             _ => true,
@@ -284,6 +296,8 @@ impl Proxy {
             async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
         });
         let settings = self.inner.live.current();
+        // Under TLS too: a client that stops reading stalls the TLS writes just the same.
+        let stream = stall::SendDeadline::new(stream, settings.public.send_timeout);
         let handshake_timeout = settings.public.header_read_timeout;
         let http = Self::connection_builder(&settings.public);
         let watcher = graceful.watcher();
@@ -351,6 +365,15 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let c = &settings.public;
         let (mut parts, body) = req.into_parts();
+        // RFC 9110 7.6: a proxy MUST NOT forward a message to itself. Checked first, before a
+        // captured request would wait for the write lock its own first hop holds.
+        if self.is_own_request(&parts.headers) {
+            tracing::error!(
+                "forwarding loop: a request came back carrying this node's own request id; \
+                 [origin] url must point at the CMS, not at copyist"
+            );
+            return Err(ProxyError::Loop);
+        }
         check_framing(&parts.headers)?;
         if header_bytes(&parts.headers) > c.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge(c.max_header_bytes));
@@ -510,6 +533,21 @@ impl Proxy {
             h.insert("x-copyist-request-id", id);
         }
         (h, client)
+    }
+
+    /// Whether `headers` carry an `X-Copyist-Request-Id` this process minted: the request left
+    /// this proxy for its origin and came straight back. Ids embed the node name and its start
+    /// time, so another node's or an earlier run's ids never match; a client that guesses one
+    /// only earns itself a 508.
+    fn is_own_request(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all("x-copyist-request-id")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|id| {
+                id.strip_prefix(self.inner.id_prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+            })
     }
 
     fn next_request_id(&self) -> String {

@@ -19,6 +19,7 @@ mod crashpoints;
 mod durability;
 mod haproxy;
 mod health;
+mod hostile;
 mod hygiene;
 mod lifecycle;
 mod metrics;

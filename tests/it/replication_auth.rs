@@ -863,3 +863,68 @@ async fn a_halted_mirror_stays_halted_across_a_restart() {
     let e = mirror.node.api("/api/v1/log/1").await;
     assert_eq!(e["state"], "diverged", "{e}");
 }
+
+// === 7: out of order (RELIABILITY.md G3) ===
+
+/// The writer's own certificate sends entry N+2 before N+1: N+2 waits for its turn (or, too far
+/// ahead, is refused as a gap naming the expected number) and is never applied before N+1;
+/// once N+1 arrives both are applied, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_ahead_of_its_turn_is_never_applied_before_its_predecessor() {
+    let cluster = TestCluster::start(1).await;
+    let m = &cluster.mirrors[0];
+    let rep = m.node.replication.unwrap();
+    let config = writer_config(cluster.certs.path());
+    let w = cluster.writer.client();
+    assert_eq!(w.post_form("/articles", "title=first").await.seq(), Some(1));
+    cluster.wait_converged().await;
+    let dump = m.dump().await;
+
+    // Far past the window: refused at once as a gap, naming what the mirror expects.
+    let (status, body) = post_entry(rep, config.clone(), 1000, &article_entry(1000, "far"))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let gap: copyist::wire::Gap = serde_json::from_slice(&body).unwrap();
+    assert_eq!(gap.expected, 2);
+
+    // N+2 within the window: held, not applied, while N+1 is missing.
+    let early = {
+        let config = config.clone();
+        tokio::spawn(async move { post_entry(rep, config, 3, &article_entry(3, "third")).await })
+    };
+    let watch_until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < watch_until {
+        assert_eq!(applied_seq(m).await, 1, "N+2 was applied before N+1");
+        assert!(!early.is_finished(), "N+2 was answered before N+1 arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(m.dump().await, dump, "N+2 reached the CMS before N+1");
+    assert_eq!(
+        m.node.admin_client().get("/api/v1/log/3").await.status,
+        404,
+        "N+2 is in the mirror's log before N+1"
+    );
+
+    // N+1 arrives: applied, then N+2 after it.
+    let (status, body) = post_entry(rep, config.clone(), 2, &article_entry(2, "second"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let (status, body) = early.await.unwrap().unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["state"], "applied", "{answer}");
+    assert_eq!(applied_seq(m).await, 3);
+    let dump = m.dump().await;
+    let (second, third) = (
+        dump.find("\"second\"").unwrap(),
+        dump.find("\"third\"").unwrap(),
+    );
+    assert!(second < third, "applied out of order: {dump}");
+    assert!(
+        dump.contains("{\"body\":\"forged\",\"id\":2,\"title\":\"second\"}"),
+        "{dump}"
+    );
+    assert!(!dump.contains("\"far\""));
+}

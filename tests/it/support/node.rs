@@ -159,9 +159,23 @@ pub fn binary() -> &'static str {
 impl NodeProcess {
     /// Starts `copyist run -c config_path` and waits until its admin API reports its addresses.
     pub async fn start(config_path: &Path, data_dir: &Path) -> NodeProcess {
+        Self::start_under(config_path, data_dir, &[]).await
+    }
+
+    /// Like [`NodeProcess::start`], run under `wrapper` (a command that execs the rest, e.g.
+    /// `prlimit --nofile=64:64 --`), so the pid is copyist's own.
+    pub async fn start_under(config_path: &Path, data_dir: &Path, wrapper: &[&str]) -> NodeProcess {
         let _ = std::fs::remove_file(data_dir.join("admin.addr"));
         let log = std::fs::File::create(config_path.with_extension("log")).unwrap();
-        let child = Command::new(binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(config_path)

@@ -52,9 +52,17 @@ pub struct ProcNode {
     pub starts: usize,
     /// Every pid it has run as, in order.
     pub pids: Vec<u32>,
+    /// Extra environment for the next start (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProcNode {
+    /// `self.env` (every start) plus `extra` (this start only).
+    fn env_with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let extra = extra.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        self.env.iter().cloned().chain(extra).collect()
+    }
+
     /// Starts (or restarts) the process on the same config and data dir.
     pub async fn start(&mut self) {
         self.start_with(&[]).await;
@@ -64,7 +72,8 @@ impl ProcNode {
     /// `FAILPOINTS`).
     pub async fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.proc.is_none(), "{} is already running", self.name);
-        let p = spawn(&self.config_path, &self.data_dir, &self.log_path, env).await;
+        let env = self.env_with(env);
+        let p = spawn(&self.config_path, &self.data_dir, &self.log_path, &env).await;
         self.pids.push(p.child.id());
         self.proc = Some(p);
         self.starts += 1;
@@ -75,7 +84,7 @@ impl ProcNode {
     pub async fn start_expecting_exit(&mut self, env: &[(&str, &str)]) -> ExitStatus {
         assert!(self.proc.is_none(), "{} is already running", self.name);
         let _ = std::fs::remove_file(self.data_dir.join("admin.addr"));
-        let mut child = command(&self.config_path, &self.log_path, env)
+        let mut child = command(&self.config_path, &self.log_path, &self.env_with(env))
             .spawn()
             .unwrap();
         self.pids.push(child.id());
@@ -248,7 +257,7 @@ impl ProcNode {
 /// Starts `copyist run -c config`, appending its stderr to `log`, and waits until its admin API
 /// answers. A start that fails because the fixed replication port is briefly taken (by an
 /// outgoing connection's ephemeral port) is retried.
-async fn spawn(config: &Path, data: &Path, log: &Path, env: &[(&str, &str)]) -> NodeProcess {
+async fn spawn(config: &Path, data: &Path, log: &Path, env: &[(String, String)]) -> NodeProcess {
     let deadline = Instant::now() + Duration::from_secs(20);
     'attempt: loop {
         let _ = std::fs::remove_file(data.join("admin.addr"));
@@ -296,7 +305,7 @@ async fn spawn(config: &Path, data: &Path, log: &Path, env: &[(&str, &str)]) -> 
 }
 
 /// `copyist run -c config` with stderr appended to `log` and `env` added.
-fn command(config: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
+fn command(config: &Path, log: &Path, env: &[(String, String)]) -> Command {
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -307,7 +316,7 @@ fn command(config: &Path, log: &Path, env: &[(&str, &str)]) -> Command {
         .arg("-c")
         .arg(config)
         .env("COPYIST_LOG", "info")
-        .envs(env.iter().copied())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(err);
     cmd
@@ -404,6 +413,7 @@ impl ProcessCluster {
             proc: None,
             starts: 0,
             pids: Vec::new(),
+            env: Vec::new(),
         };
         mirror.start().await;
 
@@ -438,6 +448,7 @@ impl ProcessCluster {
             proc: None,
             starts: 0,
             pids: Vec::new(),
+            env: Vec::new(),
         };
         writer.start().await;
         ProcessCluster {

@@ -20,4 +20,5 @@ mod metrics;
 mod passthrough;
 mod reload;
 mod replication_auth;
+mod soak;
 mod tls;

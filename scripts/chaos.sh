@@ -39,8 +39,9 @@ if $only_soak && [ -z "$soak" ]; then
   exit 2
 fi
 
-out_dir="${CHAOS_OUT:-target/chaos}"
+out_dir="${CHAOS_OUT:-${CARGO_TARGET_DIR:-target}/chaos}"
 mkdir -p "$out_dir"
+out_dir=$(cd "$out_dir" && pwd) # the tests run with another working directory in mind
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 report="$out_dir/rows-$stamp.tsv"
 : >"$report"
@@ -78,7 +79,7 @@ for spec in "${tests[@]}"; do
     before=$(wc -l <"$report")
     t0=$(date +%s)
     # shellcheck disable=SC2086 # env_kv is one NAME=VALUE word or empty
-    if env COPYIST_CHAOS_REPORT="$PWD/$report" $env_kv \
+    if env COPYIST_CHAOS_REPORT="$report" $env_kv \
       "$bin" --exact "$name" --nocapture --test-threads 1 >"$log" 2>&1; then
       status=passed
     else

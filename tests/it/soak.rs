@@ -219,7 +219,14 @@ async fn mixed_load_through_a_writer_and_two_mirrors_keeps_memory_and_fds_bounde
         ops: history.len() + reads.ok.load(Ordering::Relaxed) as usize,
         peak,
         note: format!(
-            "max RSS growth {:+.0} % (2nd → 4th quarter)",
+            "{} writes ({} uploads), {} reads; max RSS growth {:+.0} % (2nd → 4th quarter)",
+            history.len(),
+            history
+                .ops()
+                .iter()
+                .filter(|o| o.op == crate::support::history::OpKind::Upload)
+                .count(),
+            reads.ok.load(Ordering::Relaxed) + reads.errors.load(Ordering::Relaxed),
             growth_max * 100.0
         ),
     }

@@ -231,6 +231,10 @@ async fn kill_9_of_a_mirror_while_the_writer_takes_writes_applies_every_entry_on
         "the writer refused or lost a write while its mirror was killed: {:?}",
         history.ops().iter().find(|o| o.outcome != Outcome::Ok)
     );
+    assert!(
+        history.ops().iter().all(|o| o.status == Some(303)),
+        "every article was answered 303 See Other"
+    );
     cluster.wait_converged(Duration::from_secs(30)).await;
 
     // ACK, ONCE, ORDER, IDS, CONVERGE, BLOB, HALT: every acknowledged write is there, each

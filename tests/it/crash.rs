@@ -7,14 +7,14 @@
 //! longer soaks.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::history::check::{check_all, check_cluster, Snapshot};
+use crate::support::history::vacuity::RowReport;
+use crate::support::history::{History, Load, Outcome, Workers};
 use crate::support::process_cluster::{ProcessCluster, ProcessClusterOpts};
-use crate::support::Client;
 
 /// Mirror kills in `kill_9_of_a_mirror_…`; `COPYIST_CRASH_CYCLES` raises it for soaks.
 fn crash_cycles() -> usize {
@@ -22,13 +22,6 @@ fn crash_cycles() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8)
-}
-
-/// What the writer answered to one acknowledged article.
-#[derive(Clone, Debug)]
-struct Ack {
-    seq: u64,
-    location: String,
 }
 
 /// The article id in a `Location: /article/ID`.
@@ -49,63 +42,6 @@ fn dump_article_ids(dump: &str) -> Vec<u64> {
         .iter()
         .map(|a| a["id"].as_u64().unwrap())
         .collect()
-}
-
-/// Client loops posting articles to the writer until `stop`, recording every 303.
-struct Writers {
-    stop: Arc<AtomicBool>,
-    acks: Arc<Mutex<Vec<Ack>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Writers {
-    fn spawn(c: &Client, loops: usize) -> Writers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..loops)
-            .map(|w| {
-                let (c, stop, acks) = (c.clone(), stop.clone(), acks.clone());
-                tokio::spawn(async move {
-                    let mut i = 0;
-                    while !stop.load(Ordering::SeqCst) {
-                        let r = c
-                            .post_form("/articles", &format!("title=w{w}-{i}&body=b{i}"))
-                            .await;
-                        assert_eq!(r.status, 303, "writer refused a write: {}", r.text());
-                        let ack = Ack {
-                            seq: r.seq().expect("X-Copyist-Seq"),
-                            location: r.header("location").expect("Location").to_string(),
-                        };
-                        acks.lock().unwrap().push(ack);
-                        i += 1;
-                    }
-                })
-            })
-            .collect();
-        Writers { stop, acks, tasks }
-    }
-
-    fn count(&self) -> usize {
-        self.acks.lock().unwrap().len()
-    }
-
-    /// Waits until at least `n` writes were acknowledged in all.
-    async fn wait_for(&self, n: usize) {
-        crate::assert_eventually!(
-            self.count() >= n,
-            "writes stopped flowing: {} of {n} acknowledged",
-            self.count()
-        );
-    }
-
-    async fn finish(self) -> Vec<Ack> {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let acks = self.acks.lock().unwrap().clone();
-        acks
-    }
 }
 
 /// How an operator settled one in-doubt entry.
@@ -237,7 +173,14 @@ async fn assert_mirror_log(cluster: &ProcessCluster, last: u64, skipped: &BTreeS
 async fn kill_9_of_a_mirror_while_the_writer_takes_writes_applies_every_entry_once_in_order() {
     let started = Instant::now();
     let mut cluster = ProcessCluster::start(ProcessClusterOpts::default()).await;
-    let writers = Writers::spawn(&cluster.writer.client(), 2);
+    let history = History::new("w");
+    let writers = Workers::spawn(
+        &history,
+        &[("writer".to_string(), cluster.writer.public())],
+        2,
+        Load::default(),
+    );
+    let acked = || history.count(Outcome::Ok);
     let mut settled = Vec::new();
     let mut kills = 0;
     let mut applied_at_start = 0;
@@ -246,7 +189,7 @@ async fn kill_9_of_a_mirror_while_the_writer_takes_writes_applies_every_entry_on
         // entries since its restart (so the kill lands in a live stream, not in a reconnect),
         // then kill it without warning.
         let k = 2 + (cycle * 5) % 9;
-        writers.wait_for(writers.count() + k).await;
+        writers.wait_ok(acked() + k).await;
         let want = applied_at_start + 1 + (cycle % 3) as u64;
         crate::assert_eventually!(
             cluster.mirror.status().await["applied_seq"]
@@ -259,7 +202,7 @@ async fn kill_9_of_a_mirror_while_the_writer_takes_writes_applies_every_entry_on
         cluster.mirror.kill9();
         kills += 1;
         // The writer keeps taking writes while its mirror is down.
-        writers.wait_for(writers.count() + 1 + cycle % 3).await;
+        writers.wait_ok(acked() + 1 + cycle % 3).await;
         cluster.mirror.start().await;
         if cycle % 4 == 3 {
             // A crash during recovery: killed again as soon as it is up.
@@ -280,40 +223,61 @@ async fn kill_9_of_a_mirror_while_the_writer_takes_writes_applies_every_entry_on
         kills + 1,
         "every kill -9 hit a running mirror and a new process took over"
     );
-    writers.wait_for(writers.count() + 3).await;
-    let acks = writers.finish().await;
+    writers.wait_ok(acked() + 3).await;
+    writers.finish().await;
+    assert_eq!(
+        acked(),
+        history.len(),
+        "the writer refused or lost a write while its mirror was killed: {:?}",
+        history.ops().iter().find(|o| o.outcome != Outcome::Ok)
+    );
+    assert!(
+        history.ops().iter().all(|o| o.status == Some(303)),
+        "every article was answered 303 See Other"
+    );
     cluster.wait_converged(Duration::from_secs(30)).await;
 
-    // ACK and ONCE: every acknowledged write is there, each exactly once, on both CMSes.
-    let writer_dump = cluster.writer.dump().await;
-    let mirror_dump = cluster.mirror.dump().await;
-    assert_eq!(mirror_dump, writer_dump, "CONVERGE: dumps differ");
+    // ACK, ONCE, ORDER, IDS, CONVERGE, BLOB, HALT: every acknowledged write is there, each
+    // exactly once, with the id its client was told, on both CMSes, and nothing else is.
+    let snap = Snapshot::take(&cluster.handles()).await;
+    let report = check_all(&history, &snap);
+    let peak = cluster.mirror.sample_peak();
+    RowReport {
+        row: "A3+A5".into(),
+        test: "mirror kill -9 under writes, every 4th killed again during recovery".into(),
+        faults: kills as u64,
+        held: report.held(),
+        ops: history.len(),
+        peak,
+        note: {
+            let skips = settled
+                .iter()
+                .filter(|s| matches!(s, Settled::Skipped(_)))
+                .count();
+            format!(
+                "{} in-doubt halts settled: {skips} skip, {} retry",
+                settled.len(),
+                settled.len() - skips
+            )
+        },
+    }
+    .emit();
+    report.assert_held("mirror kill -9 under writes");
     let last = cluster.writer.status().await["last_seq"].as_u64().unwrap();
     assert_eq!(
         last,
-        acks.len() as u64,
+        acked() as u64,
         "every entry on the writer is an acknowledged article"
     );
-    let mut by_id: BTreeMap<u64, u64> = BTreeMap::new();
-    for a in &acks {
-        if let Some(other) = by_id.insert(article_id(&a.location), a.seq) {
-            panic!("{} answered to seqs {other} and {}", a.location, a.seq);
-        }
-    }
-    let ids = dump_article_ids(&mirror_dump);
+    // Every article on the mirror is one the writer acknowledged, with the same id.
+    let mut told: Vec<u64> = history.ops().iter().filter_map(|o| o.id).collect();
+    told.sort_unstable();
     assert_eq!(
-        ids.len(),
-        acks.len(),
-        "ONCE: the mirror's CMS has {} articles for {} accepted writes",
-        ids.len(),
-        acks.len()
-    );
-    assert_eq!(
-        ids,
-        by_id.keys().copied().collect::<Vec<_>>(),
+        dump_article_ids(&cluster.mirror.dump().await),
+        told,
         "the mirror's articles are exactly the acknowledged ones"
     );
-    // ORDER and IDS: each entry finished on the mirror with the writer's ID.
+    // ORDER and IDS, and how each in-doubt entry was settled: skipped or re-applied.
     let skipped: BTreeSet<u64> = settled
         .iter()
         .filter_map(|s| match s {
@@ -326,8 +290,8 @@ async fn kill_9_of_a_mirror_while_the_writer_takes_writes_applies_every_entry_on
     assert_eq!(m["applied_seq"].as_u64().unwrap(), last);
     assert!(m["halt"].is_null());
     eprintln!(
-        "crash test 1: {kills} mirror kills, {} writes, in-doubt settled: {settled:?}, {:.1} s",
-        acks.len(),
+        "crash test 1: {kills} mirror kills, {}, in-doubt settled: {settled:?}, {:.1} s",
+        history.summary(),
         started.elapsed().as_secs_f64()
     );
 }
@@ -416,6 +380,13 @@ async fn kill_9_of_a_mirror_mid_apply_halts_it_in_doubt_until_the_operator_skips
         vec![1, 2, 3],
         "HALT: the mirror's CMS changed after the halt"
     );
+    // The checkers agree: halted at n with a machine reason, a gap-free prefix before it,
+    // nothing stored past it, the writer's log intact.
+    let snap = Snapshot::take(&cluster.handles()).await;
+    assert_eq!(snap.halted(), vec!["mirror-1".to_string()]);
+    let halted = check_cluster(&snap);
+    halted.assert_held("mirror halted in doubt");
+    assert!(halted.check("halts").note.contains("in_doubt"), "{halted}");
 
     // The operator: the row is there (id 3, as on the writer), so the entry was applied. A skip
     // of any other entry is refused; the exact one is accepted.
@@ -455,6 +426,18 @@ async fn kill_9_of_a_mirror_mid_apply_halts_it_in_doubt_until_the_operator_skips
     let e = cluster.mirror.entry(n).await.unwrap();
     assert_eq!(e["audit"][0]["action"], "skip", "{e}");
     assert_eq!(e["audit"][0]["reason"], "slow row present on the mirror");
+    let report = check_cluster(&Snapshot::take(&cluster.handles()).await);
+    RowReport {
+        row: "A3".into(),
+        test: "mirror kill -9 mid-apply: in-doubt halt, operator skip".into(),
+        faults: cluster.mirror.pids.len() as u64 - 1,
+        held: report.held(),
+        ops: 9,
+        peak: cluster.mirror.sample_peak(),
+        note: String::new(),
+    }
+    .emit();
+    report.assert_held("after the skip");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,5 +525,17 @@ async fn kill_9_of_the_writer_while_it_ships_a_backlog_loses_and_repeats_nothing
             "seq {seq}"
         );
     }
+    let report = check_cluster(&Snapshot::take(&cluster.handles()).await);
+    RowReport {
+        row: "A1".into(),
+        test: "writer kill -9 while it ships a backlog".into(),
+        faults: (cluster.writer.pids.len() - 1) as u64,
+        held: report.held(),
+        ops: 30,
+        peak: cluster.writer.sample_peak(),
+        note: format!("mirror at {seen} of 30 when killed"),
+    }
+    .emit();
+    report.assert_held("writer killed mid-shipping");
     eprintln!("crash test 3: writer killed with the mirror at {seen} (then {at_kill}) of 30");
 }

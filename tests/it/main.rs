@@ -26,5 +26,6 @@ mod metrics;
 mod passthrough;
 mod reload;
 mod replication_auth;
+mod soak;
 mod status_page;
 mod tls;

@@ -31,6 +31,23 @@ impl Reply {
     }
 }
 
+/// Why a request got no complete answer.
+#[derive(Debug, Clone)]
+pub enum SendError {
+    /// No connection was made: nothing was sent.
+    Connect(String),
+    /// Timed out, reset, or the answer broke off: the request may have arrived.
+    Other(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Connect(e) | SendError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
 /// An HTTP/1.1 client aimed at one address.
 #[derive(Clone)]
 pub struct Client {
@@ -57,12 +74,30 @@ impl Client {
     }
 
     pub async fn try_send(&self, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+        self.try_send_classified(req)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Like `try_send`, but says whether the request can have reached the server: a history
+    /// records a connection that was never made as a definite failure, anything else as unknown.
+    pub async fn try_send_classified(&self, req: Request<Full<Bytes>>) -> Result<Reply, SendError> {
         let resp = tokio::time::timeout(Duration::from_secs(30), self.inner.request(req))
             .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| format!("{e:?}"))?;
+            .map_err(|_| SendError::Other("timed out".to_string()))?
+            .map_err(|e| {
+                if e.is_connect() {
+                    SendError::Connect(format!("{e:?}"))
+                } else {
+                    SendError::Other(format!("{e:?}"))
+                }
+            })?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| SendError::Other(e.to_string()))?
+            .to_bytes();
         Ok(Reply {
             status: parts.status.as_u16(),
             headers: parts.headers,

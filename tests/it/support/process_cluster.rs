@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::cluster::Certs;
+use super::history::vacuity::Peak;
 use super::{Client, NodeProcess, PhpCms};
 
 /// `[replication]` for `name`, listening on `listen`, with the files under `dir`. Same timings
@@ -54,6 +55,8 @@ pub struct ProcNode {
     pub pids: Vec<u32>,
     /// Extra environment for the next start (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`).
     pub env: Vec<(String, String)>,
+    /// Highest memory and fd count seen over all its processes (sampled before each kill).
+    pub peak: Peak,
 }
 
 impl ProcNode {
@@ -151,12 +154,26 @@ impl ProcNode {
         String::from_utf8_lossy(bytes.get(mark..).unwrap_or_default()).into_owned()
     }
 
-    /// SIGKILL, and reap it. Returns the pid killed.
+    /// SIGKILL, and reap it. Returns the pid killed. Its memory peak (`VmHWM`) is read first.
     pub fn kill9(&mut self) -> u32 {
         let mut p = self.proc.take().expect("node is not running");
         let pid = p.child.id();
+        self.peak.sample(pid);
         p.kill9();
         pid
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> u32 {
+        self.running().child.id()
+    }
+
+    /// Its peak memory and fds so far, the running process included.
+    pub fn sample_peak(&mut self) -> Peak {
+        if let Some(p) = &self.proc {
+            self.peak.sample(p.child.id());
+        }
+        self.peak
     }
 
     pub fn is_running(&self) -> bool {
@@ -331,15 +348,22 @@ pub struct ProcessClusterOpts {
     pub mirror_origin: String,
     /// Extra lines inside the writer's `[replication]` (e.g. `window = 4`).
     pub writer_replication: String,
-    /// Whole sections appended to both nodes' configs (e.g. `[health]`).
+    /// Whole sections appended to every node's config (e.g. `[health]`).
     pub extra: String,
+    /// How many mirrors (0 means 1): `mirror-1` is `mirror`, the others are `more_mirrors`.
+    pub mirrors: usize,
+    /// Give the writer's replication listener a fixed port and point every mirror's `[writer]`
+    /// at it, so a write sent to a mirror is forwarded to the writer.
+    pub forward_writes: bool,
 }
 
-/// A writer and one mirror (`mirror-1`), both real processes.
+/// A writer and one mirror (`mirror-1`), or more, all real processes.
 pub struct ProcessCluster {
     pub certs: Certs,
     pub writer: ProcNode,
     pub mirror: ProcNode,
+    /// `mirror-2`, `mirror-3`, … when asked for.
+    pub more_mirrors: Vec<ProcNode>,
     /// Configs, data dirs and logs.
     pub root: tempfile::TempDir,
 }
@@ -377,51 +401,71 @@ listen = "127.0.0.1:0"
 }
 
 impl ProcessCluster {
-    /// Builds and starts the mirror, then the writer.
+    /// Builds and starts the mirrors, then the writer.
     pub async fn start(opts: ProcessClusterOpts) -> ProcessCluster {
-        let certs = Certs::new(&["writer", "mirror-1"]);
+        let count = opts.mirrors.max(1);
+        let names: Vec<String> = (1..=count).map(|i| format!("mirror-{i}")).collect();
+        let mut cert_names = vec!["writer"];
+        cert_names.extend(names.iter().map(String::as_str));
+        let certs = Certs::new(&cert_names);
         let root = tempfile::tempdir().unwrap();
-
-        let mirror_cms = PhpCms::start();
-        let port = free_port();
-        let mirror_data = root.path().join("mirror-1");
-        let mirror_extra = format!(
-            "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:9\"\n\n{}\n",
-            replication_section_at(certs.path(), "mirror-1", &format!("127.0.0.1:{port}")),
-            opts.extra
-        );
-        let mirror_config = root.path().join("mirror-1.toml");
-        std::fs::write(
-            &mirror_config,
-            config(
-                "mirror-1",
-                "mirror",
-                &mirror_data,
-                &mirror_cms,
-                &opts.mirror_origin,
-                &mirror_extra,
-            ),
-        )
-        .unwrap();
-        let mut mirror = ProcNode {
-            name: "mirror-1".into(),
-            config_path: mirror_config,
-            data_dir: mirror_data,
-            log_path: root.path().join("mirror-1.log"),
-            cms: mirror_cms,
-            replication_port: Some(port),
-            proc: None,
-            starts: 0,
-            pids: Vec::new(),
-            env: Vec::new(),
+        let writer_port = if opts.forward_writes { free_port() } else { 0 };
+        let writer_url = if opts.forward_writes {
+            format!("https://127.0.0.1:{writer_port}")
+        } else {
+            // Nothing forwards: a port nobody listens on.
+            "https://127.0.0.1:9".to_string()
         };
-        mirror.start().await;
+
+        let mut mirrors = Vec::new();
+        let mut mirror_sections = String::new();
+        for name in &names {
+            let mirror_cms = PhpCms::start();
+            let port = free_port();
+            let mirror_data = root.path().join(name);
+            let mirror_extra = format!(
+                "{}\n[writer]\nname = \"writer\"\nurl = \"{writer_url}\"\n\n{}\n",
+                replication_section_at(certs.path(), name, &format!("127.0.0.1:{port}")),
+                opts.extra
+            );
+            let mirror_config = root.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &mirror_config,
+                config(
+                    name,
+                    "mirror",
+                    &mirror_data,
+                    &mirror_cms,
+                    &opts.mirror_origin,
+                    &mirror_extra,
+                ),
+            )
+            .unwrap();
+            let mut mirror = ProcNode {
+                name: name.clone(),
+                config_path: mirror_config,
+                data_dir: mirror_data,
+                log_path: root.path().join(format!("{name}.log")),
+                cms: mirror_cms,
+                replication_port: Some(port),
+                proc: None,
+                starts: 0,
+                pids: Vec::new(),
+                env: Vec::new(),
+                peak: Peak::default(),
+            };
+            mirror.start().await;
+            mirror_sections.push_str(&format!(
+                "\n[[mirrors]]\nname = \"{name}\"\nurl = \"https://127.0.0.1:{port}\"\n"
+            ));
+            mirrors.push(mirror);
+        }
 
         let writer_cms = PhpCms::start();
         let writer_data = root.path().join("writer");
         let writer_extra = format!(
-            "{}{}\n\n[[mirrors]]\nname = \"mirror-1\"\nurl = \"https://127.0.0.1:{port}\"\n\n{}\n",
-            replication_section_at(certs.path(), "writer", "127.0.0.1:0"),
+            "{}{}\n{mirror_sections}\n{}\n",
+            replication_section_at(certs.path(), "writer", &format!("127.0.0.1:{writer_port}")),
             opts.writer_replication,
             opts.extra
         );
@@ -444,19 +488,38 @@ impl ProcessCluster {
             data_dir: writer_data,
             log_path: root.path().join("writer.log"),
             cms: writer_cms,
-            replication_port: None,
+            replication_port: opts.forward_writes.then_some(writer_port),
             proc: None,
             starts: 0,
             pids: Vec::new(),
             env: Vec::new(),
+            peak: Peak::default(),
         };
         writer.start().await;
+        let mut mirrors = mirrors.into_iter();
+        let mirror = mirrors.next().expect("at least one mirror");
         ProcessCluster {
             certs,
             writer,
             mirror,
+            more_mirrors: mirrors.collect(),
             root,
         }
+    }
+
+    /// Every mirror, `mirror-1` first.
+    pub fn mirrors(&self) -> Vec<&ProcNode> {
+        std::iter::once(&self.mirror)
+            .chain(self.more_mirrors.iter())
+            .collect()
+    }
+
+    /// Every node, writer first: what the history checkers read.
+    pub fn handles(&self) -> Vec<super::history::check::NodeHandle> {
+        std::iter::once(&self.writer)
+            .chain(self.mirrors())
+            .map(Into::into)
+            .collect()
     }
 
     /// Runs `copyist ARGS -c writer.toml` (the operator's view), off the runtime.
@@ -472,39 +535,49 @@ impl ProcessCluster {
         .unwrap()
     }
 
-    /// Both nodes' log tails.
+    /// Every node's log tail.
     pub fn logs(&self) -> String {
-        format!("{}\n{}", self.writer.log_tail(), self.mirror.log_tail())
+        std::iter::once(&self.writer)
+            .chain(self.mirrors())
+            .map(ProcNode::log_tail)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
-    /// Waits until the mirror has applied everything the writer logged, with no halt.
+    /// Waits until every mirror has applied everything the writer logged, with no halt.
     pub async fn wait_converged(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        loop {
+        'poll: loop {
             let w = self.writer.status().await;
-            let m = self.mirror.status().await;
-            assert!(
-                m["halt"].is_null(),
-                "mirror halted: {}\n{}",
-                m["halt"],
-                self.logs()
-            );
             let last = w["last_seq"].as_u64().unwrap();
-            if m["applied_seq"].as_u64().unwrap() >= last {
-                return;
-            }
-            if Instant::now() > deadline {
-                let next = m["applied_seq"].as_u64().unwrap() + 1;
-                panic!(
-                    "mirror did not catch up: writer last_seq {last}, mirror applied_seq {}; \
-                     the writer sees the mirror as {}; mirror's entry {next}: {:?}\n{}",
-                    m["applied_seq"],
-                    w["mirrors"][0],
-                    self.mirror.entry(next).await.map(|e| e["state"].clone()),
+            for (i, mirror) in self.mirrors().into_iter().enumerate() {
+                let m = mirror.status().await;
+                assert!(
+                    m["halt"].is_null(),
+                    "{} halted: {}\n{}",
+                    mirror.name,
+                    m["halt"],
                     self.logs()
                 );
+                if m["applied_seq"].as_u64().unwrap() >= last {
+                    continue;
+                }
+                if Instant::now() > deadline {
+                    let next = m["applied_seq"].as_u64().unwrap() + 1;
+                    panic!(
+                        "{} did not catch up: writer last_seq {last}, mirror applied_seq {}; \
+                         the writer sees the mirror as {}; mirror's entry {next}: {:?}\n{}",
+                        mirror.name,
+                        m["applied_seq"],
+                        w["mirrors"][i],
+                        mirror.entry(next).await.map(|e| e["state"].clone()),
+                        self.logs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue 'poll;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            return;
         }
     }
 }
@@ -515,8 +588,10 @@ impl Drop for ProcessCluster {
         if let Some(mut p) = self.writer.proc.take() {
             p.kill9();
         }
-        if let Some(mut p) = self.mirror.proc.take() {
-            p.kill9();
+        for m in std::iter::once(&mut self.mirror).chain(self.more_mirrors.iter_mut()) {
+            if let Some(mut p) = m.proc.take() {
+                p.kill9();
+            }
         }
         if std::env::var_os("COPYIST_KEEP_DIRS").is_some() {
             let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());

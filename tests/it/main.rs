@@ -21,4 +21,5 @@ mod metrics;
 mod passthrough;
 mod reload;
 mod replication_auth;
+mod storage;
 mod tls;

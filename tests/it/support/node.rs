@@ -145,7 +145,10 @@ impl TestNode {
 
 /// `copyist run` as a child process.
 pub struct NodeProcess {
+    /// What was spawned: copyist itself, or the wrapper (`strace`) in front of it.
     pub child: Child,
+    /// The copyist process's own pid (differs from `child`'s when wrapped).
+    pub pid: u32,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub admin: SocketAddr,
@@ -159,9 +162,27 @@ pub fn binary() -> &'static str {
 impl NodeProcess {
     /// Starts `copyist run -c config_path` and waits until its admin API reports its addresses.
     pub async fn start(config_path: &Path, data_dir: &Path) -> NodeProcess {
+        Self::start_wrapped(config_path, data_dir, &[]).await
+    }
+
+    /// Like [`NodeProcess::start`], with `prefix` run in front of the binary (e.g. `strace -f
+    /// -o inj.log -e inject=…`, see `support::strace`): `prefix… copyist run -c config_path`.
+    pub async fn start_wrapped(
+        config_path: &Path,
+        data_dir: &Path,
+        prefix: &[std::ffi::OsString],
+    ) -> NodeProcess {
         let _ = std::fs::remove_file(data_dir.join("admin.addr"));
         let log = std::fs::File::create(config_path.with_extension("log")).unwrap();
-        let child = Command::new(binary())
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = cmd
             .arg("run")
             .arg("-c")
             .arg(config_path)
@@ -170,8 +191,10 @@ impl NodeProcess {
             .stderr(log)
             .spawn()
             .unwrap();
+        let pid = child.id();
         let mut p = NodeProcess {
             child,
+            pid,
             config_path: config_path.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             admin: "127.0.0.1:0".parse().unwrap(),
@@ -200,6 +223,9 @@ impl NodeProcess {
                     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                     p.admin = admin;
                     p.public = v["public_addr"].as_str().unwrap().parse().unwrap();
+                    if !prefix.is_empty() {
+                        p.pid = super::strace::child_of(p.child.id());
+                    }
                     return p;
                 }
             }
@@ -209,6 +235,12 @@ impl NodeProcess {
     }
 
     pub fn kill9(&mut self) {
+        if self.pid != self.child.id() {
+            // A wrapper's death would only detach copyist: kill copyist itself first.
+            let _ = Command::new("kill")
+                .args(["-9", &self.pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }

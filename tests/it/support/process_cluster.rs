@@ -188,8 +188,10 @@ async fn spawn(config: &Path, data: &Path, log: &Path) -> NodeProcess {
             .stderr(err)
             .spawn()
             .unwrap();
+        let pid = child.id();
         let mut p = NodeProcess {
             child,
+            pid,
             config_path: config.to_path_buf(),
             data_dir: data.to_path_buf(),
             admin: "127.0.0.1:0".parse().unwrap(),

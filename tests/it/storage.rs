@@ -1,0 +1,440 @@
+//! Storage faults (RELIABILITY.md B2-B5, A6) on real `copyist run` processes: fsync EIO, blob
+//! write ENOSPC and slow fsync injected with strace, a full disk on a mirror, and a log or blob
+//! damaged while the node is stopped. copyist must fail closed and say what is wrong: it never
+//! acknowledges, serves, ships or applies a record it cannot prove intact.
+//!
+//! Every fault test first proves its fault fired (the strace log shows the injection, the disk
+//! is full, the bytes changed: VACUITY) and has a null control: the same steps without the fault
+//! pass the same checks the other way round.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use copyist::blobs::BlobStore;
+use copyist::log::{BodyRef, EntryState, Log, Seq};
+
+use crate::assert_eventually;
+use crate::support::node::{config_text, Opts};
+use crate::support::{strace, Client, NodeProcess, StubOrigin};
+
+/// A writer (no mirrors) in a fresh dir, in front of `origin`.
+struct Writer {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    data: PathBuf,
+}
+
+impl Writer {
+    fn new(origin: &StubOrigin) -> Writer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = dir.path().join("proxy.toml");
+        std::fs::write(&config, config_text(&data, &origin.url(), Opts::default())).unwrap();
+        Writer { dir, config, data }
+    }
+
+    async fn start(&self) -> NodeProcess {
+        NodeProcess::start(&self.config, &self.data).await
+    }
+
+    fn inj_log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The node's stderr (all its messages), across the runs since the last start.
+    fn node_log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// Opens the stopped node's log directly: every entry, and what recovery reported in doubt.
+fn read_log(data: &Path) -> (Vec<copyist::log::Entry>, Vec<Seq>) {
+    let (log, in_doubt) = Log::open(&data.join("log"), 16 << 20).expect("log opens");
+    let entries = (1..=log.last_seq().0)
+        .filter_map(|n| log.get(Seq(n)).unwrap())
+        .collect();
+    (entries, in_doubt)
+}
+
+fn form_body(e: &copyist::log::Entry) -> Vec<u8> {
+    match &e.request.body {
+        BodyRef::Inline(b) => b.clone(),
+        BodyRef::Blob(h) => panic!("small body stored as blob {h}"),
+    }
+}
+
+/// Admin `/health`: (status, reason).
+async fn health(node: &NodeProcess) -> (u16, String) {
+    let r = Client::new(node.admin).get("/health").await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    (r.status, v["reason"].as_str().unwrap_or("").to_owned())
+}
+
+// === B3: fsync EIO ===
+
+/// B3. Once fsync/fdatasync fail with EIO, the write being synced is not acknowledged, the
+/// node latches (503 for captured writes until restart; reads flow; health and status say so),
+/// and after a restart without the fault the entry is in doubt or absent, never accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_eio_latches_the_writer_and_the_write_is_never_acknowledged() {
+    fsync_eio(true).await;
+}
+
+/// B3 null control: the same steps, traced but without the injection, acknowledge every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_traced_without_injection_acknowledges_the_writes() {
+    fsync_eio(false).await;
+}
+
+async fn fsync_eio(inject: bool) {
+    let origin = StubOrigin::spawn().await;
+    let w = Writer::new(&origin);
+    let mut node = w.start().await;
+    let c = Client::new(node.public);
+    let before = c.post_form("/items", "m=before").await;
+    assert_eq!(before.status, 201, "{}", before.text());
+    let before_seq = before.seq().unwrap();
+
+    // Attached once the node is up: every fsync and fdatasync from now on fails (see
+    // support::strace for why not `when=N+` from the start).
+    let inj = w.inj_log("inj.log");
+    let mut args = vec!["-e", "trace=fsync,fdatasync,sync_file_range"];
+    if inject {
+        args.extend(["-e", "inject=fsync,fdatasync:error=EIO:when=1+"]);
+    }
+    let tracer = strace::attach(node.pid, &inj, &args).await;
+
+    let during = c.post_form("/items", "m=during").await;
+    let synced: Vec<String> = strace::text(&inj)
+        .lines()
+        .filter(|l| l.contains("fsync(") || l.contains("fdatasync("))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !synced.is_empty(),
+        "the write was not synced while traced:\n{}",
+        strace::text(&inj)
+    );
+    let injected =
+        strace::injections(&inj, "fdatasync").len() + strace::injections(&inj, "fsync").len();
+    if !inject {
+        assert_eq!(injected, 0);
+        assert_eq!(during.status, 201, "{}", during.text());
+        let after = c.post_form("/items", "m=after").await;
+        assert_eq!(after.status, 201, "{}", after.text());
+        assert_eq!(health(&node).await.0, 200);
+        let status = Client::new(node.admin).get("/api/v1/status").await.text();
+        assert!(status.contains("\"fail_closed\":false"), "{status}");
+        drop(tracer);
+        node.kill9();
+        let (entries, _) = read_log(&w.data);
+        let accepted: Vec<Vec<u8>> = entries
+            .iter()
+            .filter(|e| e.state == EntryState::Accepted)
+            .map(form_body)
+            .collect();
+        assert_eq!(
+            accepted,
+            [
+                b"m=before".to_vec(),
+                b"m=during".to_vec(),
+                b"m=after".to_vec()
+            ]
+        );
+        return;
+    }
+
+    // VACUITY: the fault fired.
+    assert!(injected > 0, "no EIO injected:\n{}", strace::text(&inj));
+    assert!(strace::text(&inj).contains("EIO"), "{}", strace::text(&inj));
+    assert_eq!(during.status, 503, "{}", during.text());
+    assert!(during.seq().is_none(), "an unsynced write was given a seq");
+    assert!(
+        !origin.seen().iter().any(|s| s.body == b"m=during"),
+        "the origin saw a write whose entry was not durable"
+    );
+    // Latched: later writes are refused without touching the disk or the origin.
+    let started = origin.started();
+    let after = c.post_form("/items", "m=after").await;
+    assert_eq!(after.status, 503, "{}", after.text());
+    assert!(after.header("retry-after").is_some());
+    assert!(after.text().contains("fail closed"), "{}", after.text());
+    assert_eq!(
+        origin.started(),
+        started,
+        "a latched node forwarded a write"
+    );
+    assert_eq!(c.get("/page").await.status, 200, "reads must keep flowing");
+    let status = Client::new(node.admin).get("/api/v1/status").await.text();
+    assert!(status.contains("\"fail_closed\":true"), "{status}");
+    let mut last: (u16, String);
+    assert_eventually!(
+        {
+            last = health(&node).await;
+            last.0 == 503 && last.1.contains("fail-closed")
+        },
+        "health does not report the latch: {last:?}"
+    );
+    assert!(
+        w.node_log().contains("fail closed"),
+        "no error logged:\n{}",
+        w.node_log()
+    );
+
+    // Restart without the fault: recovers; the failed write is in doubt or absent.
+    drop(tracer);
+    node.kill9();
+    let (entries, in_doubt) = read_log(&w.data);
+    for e in &entries {
+        let body = form_body(e);
+        if body == b"m=during" {
+            assert_eq!(e.state, EntryState::InDoubt, "seq {}", e.seq);
+            assert!(in_doubt.contains(&e.seq));
+        } else {
+            assert_eq!(body, b"m=before", "seq {} holds {:?}", e.seq, e.state);
+            assert_eq!(e.state, EntryState::Accepted);
+        }
+    }
+    assert!(!entries.iter().any(|e| form_body(e) == b"m=after"));
+    let node = w.start().await;
+    let c = Client::new(node.public);
+    let next = c.post_form("/items", "m=restarted").await;
+    assert_eq!(
+        next.status,
+        201,
+        "restart did not clear the latch: {}",
+        next.text()
+    );
+    assert!(next.seq().unwrap() > before_seq);
+    assert!(
+        entries.iter().all(|e| e.seq.0 < next.seq().unwrap()),
+        "a seq was reused"
+    );
+}
+
+// === B4: blob write ENOSPC ===
+
+/// The temp files the blob store of process `pid` writes its next few blobs to
+/// (`blobs/tmp/PID-N`, see `BlobStore::writer`): strace's `-P` matches exact paths.
+fn blob_tmp_paths(data: &Path, pid: u32) -> Vec<String> {
+    (0..4)
+        .map(|n| {
+            data.join("blobs/tmp")
+                .join(format!("{pid}-{n}"))
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Files under `blobs/` (temp files and blobs), relative.
+fn blob_files(data: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data.join("blobs"), &data.join("blobs"), &mut out);
+    out
+}
+
+/// B4. A blob write failing with ENOSPC (only under `blobs/`): the upload gets 503, the node
+/// latches, no record references a missing blob, and the temp file is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_write_enospc_refuses_the_upload_and_leaves_no_dangling_record() {
+    blob_enospc(true).await;
+}
+
+/// B4 null control: the same upload, traced on the same paths without the injection, is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_write_traced_without_injection_stores_the_upload() {
+    blob_enospc(false).await;
+}
+
+async fn blob_enospc(inject: bool) {
+    let origin = StubOrigin::spawn().await;
+    let w = Writer::new(&origin);
+    let mut node = w.start().await;
+    let c = Client::new(node.public);
+    assert_eq!(c.post_form("/items", "m=before").await.status, 201);
+
+    let inj = w.inj_log("inj.log");
+    let paths = blob_tmp_paths(&w.data, node.pid);
+    let mut args: Vec<&str> = Vec::new();
+    for p in &paths {
+        args.extend(["-P", p.as_str()]);
+    }
+    args.extend(["-e", "trace=write,pwrite64,openat"]);
+    if inject {
+        args.extend(["-e", "inject=write,pwrite64:error=ENOSPC"]);
+    }
+    let tracer = strace::attach(node.pid, &inj, &args).await;
+
+    let upload = vec![0x5a_u8; 1 << 20];
+    let r = c
+        .post("/upload", "application/octet-stream", upload.clone())
+        .await;
+    let text = strace::text(&inj);
+    assert!(
+        text.contains(&paths[0]),
+        "the upload was not written to {}:\n{text}",
+        paths[0]
+    );
+    let injected =
+        strace::injections(&inj, "write").len() + strace::injections(&inj, "pwrite64").len();
+    if !inject {
+        assert_eq!(injected, 0, "{text}");
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert!(origin.seen().iter().any(|s| s.body == upload));
+    } else {
+        // VACUITY.
+        assert!(injected > 0 && text.contains("ENOSPC"), "{text}");
+        assert!(
+            r.status == 503 || r.status == 507,
+            "upload on a full blob store: {} {}",
+            r.status,
+            r.text()
+        );
+        assert!(r.text().contains("origin not contacted"), "{}", r.text());
+        assert!(!origin.seen().iter().any(|s| s.body.len() == upload.len()));
+        // Latched, and says so.
+        let r = c.post_form("/items", "m=after").await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(c.get("/page").await.status, 200, "reads must keep flowing");
+        assert_eventually!(
+            health(&node).await.0 == 503,
+            "health does not report the latch"
+        );
+        // The temp file was removed when the write failed, not at the next start.
+        let files = blob_files(&w.data);
+        assert!(
+            files.iter().all(|f| f == "tmp" || !f.starts_with("tmp/")),
+            "temp files left: {files:?}"
+        );
+        assert!(
+            !files.iter().any(|f| !f.starts_with("tmp")),
+            "a blob was stored: {files:?}"
+        );
+    }
+    drop(tracer);
+    node.kill9();
+
+    // BLOB: every blob a record references exists and verifies.
+    let (entries, _) = read_log(&w.data);
+    let blobs = BlobStore::open(&w.data.join("blobs")).unwrap();
+    let mut referenced = 0;
+    for e in &entries {
+        if let BodyRef::Blob(h) = &e.request.body {
+            blobs
+                .open_verified(h)
+                .unwrap_or_else(|err| panic!("seq {} references blob {h}: {err}", e.seq));
+            referenced += 1;
+        }
+    }
+    assert_eq!(referenced, usize::from(!inject), "entries: {entries:#?}");
+    assert_eq!(entries.len(), if inject { 1 } else { 2 });
+}
+
+// === B5: slow fsync ===
+
+/// B5. Every fsync/fdatasync delayed 300 ms from the first syscall: writes still succeed,
+/// each takes at least one delay longer (latency grows), and none is recorded or forwarded twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_fsync_makes_writes_slower_but_never_duplicates_them() {
+    slow_fsync(true).await;
+}
+
+/// B5 null control: traced without the delay, nothing is delayed and the same checks pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_traced_without_delay_is_not_delayed() {
+    slow_fsync(false).await;
+}
+
+async fn slow_fsync(inject: bool) {
+    const DELAY: Duration = Duration::from_millis(300);
+    let origin = StubOrigin::spawn().await;
+    let w = Writer::new(&origin);
+    let inj = w.inj_log("inj.log");
+    let mut args = vec!["-e", "trace=fsync,fdatasync"];
+    if inject {
+        args.extend(["-e", "inject=fsync,fdatasync:delay_enter=300000"]);
+    }
+    let mut node =
+        NodeProcess::start_wrapped(&w.config, &w.data, &strace::prefix(&inj, &args)).await;
+    let c = Client::new(node.public);
+
+    // Concurrent writers: slow commits queue behind the write lock, none is retried twice.
+    let mut tasks = Vec::new();
+    for worker in 0..3 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..3 {
+                let marker = format!("m=w{worker}-{i}");
+                let t = Instant::now();
+                let r = c.post_form("/items", &marker).await;
+                assert_eq!(r.status, 201, "{}", r.text());
+                out.push((marker, r.seq().unwrap(), t.elapsed()));
+            }
+            out
+        }));
+    }
+    let mut acked: HashMap<String, u64> = HashMap::new();
+    let mut slowest_fastest = Duration::MAX;
+    for t in tasks {
+        for (marker, seq, took) in t.await.unwrap() {
+            slowest_fastest = slowest_fastest.min(took);
+            assert!(acked.insert(marker, seq).is_none());
+        }
+    }
+    let delayed =
+        strace::injections(&inj, "fdatasync").len() + strace::injections(&inj, "fsync").len();
+    if inject {
+        // VACUITY, and the latency: a write commits twice (pending, outcome), each synced.
+        assert!(delayed >= 2 * acked.len(), "{}", strace::text(&inj));
+        assert!(
+            slowest_fastest >= 2 * DELAY,
+            "a write took only {slowest_fastest:?} with every fsync delayed {DELAY:?}"
+        );
+    } else {
+        assert_eq!(delayed, 0);
+        assert!(
+            strace::text(&inj).contains("fdatasync("),
+            "the null control traced no fdatasync:\n{}",
+            strace::text(&inj)
+        );
+    }
+    // Nothing duplicated: each write reached the origin once and holds one seq.
+    let mut seqs: Vec<u64> = acked.values().copied().collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 9);
+    for marker in acked.keys() {
+        let n = origin
+            .seen()
+            .iter()
+            .filter(|s| s.body == marker.as_bytes())
+            .count();
+        assert_eq!(n, 1, "{marker} reached the origin {n} times");
+    }
+    node.kill9();
+    let (entries, _) = read_log(&w.data);
+    assert_eq!(entries.len(), 9);
+    for e in &entries {
+        assert_eq!(e.state, EntryState::Accepted);
+        let body = String::from_utf8(form_body(e)).unwrap();
+        assert_eq!(
+            acked.get(&body),
+            Some(&e.seq.0),
+            "seq {} holds {body}",
+            e.seq
+        );
+    }
+}

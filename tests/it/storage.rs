@@ -438,3 +438,266 @@ async fn slow_fsync(inject: bool) {
         );
     }
 }
+
+// === A6: a log or blob damaged while the node is stopped ===
+
+/// What is done to the writer's sled `db` file while it is stopped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum LogDamage {
+    /// Null control.
+    None,
+    /// One bit flipped inside every stored copy of the third entry's body.
+    Flip,
+    /// `truncate -s -7`: a torn tail.
+    Truncate,
+}
+
+/// Starts `copyist run` and reports whether it came up (the node, killed) or exited at start
+/// (its exit status and stderr).
+async fn start_or_exit(w: &Writer) -> Result<(), (std::process::ExitStatus, String)> {
+    let _ = std::fs::remove_file(w.data.join("admin.addr"));
+    let err = std::fs::File::create(w.dir.path().join("start.log")).unwrap();
+    let mut child = std::process::Command::new(crate::support::node::binary())
+        .args(["run", "-c"])
+        .arg(&w.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let text = std::fs::read_to_string(w.dir.path().join("start.log")).unwrap();
+            return Err((status, text));
+        }
+        if w.data.join("admin.addr").exists() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("copyist neither came up nor exited");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A6 (log). Acknowledged entries in a log whose sled file was damaged while stopped: sled
+/// would silently end the log at the damage (dropping the entry and every later one); copyist
+/// must refuse to start and name the problem, or (if nothing committed was hit) keep every
+/// acknowledged entry. Never a silent drop, never a reused seq.
+async fn damaged_log(damage: LogDamage) {
+    let origin = StubOrigin::spawn().await;
+    let w = Writer::new(&origin);
+    let mut node = w.start().await;
+    let c = Client::new(node.public);
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let r = c
+            .post_form("/items", &format!("m=marker-{i}-abcdefgh"))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        acked.push(r.seq().unwrap());
+    }
+    node.kill9();
+
+    let db = w.data.join("log/db");
+    let before = std::fs::read(&db).unwrap();
+    match damage {
+        LogDamage::None => {}
+        LogDamage::Flip => {
+            let needle = b"marker-2-abcdefgh";
+            let mut bytes = before.clone();
+            let hits: Vec<usize> = (0..bytes.len() - needle.len())
+                .filter(|&i| &bytes[i..i + needle.len()] == needle)
+                .collect();
+            for &i in &hits {
+                bytes[i + 9] ^= 0x01;
+            }
+            std::fs::write(&db, &bytes).unwrap();
+            // VACUITY: the bytes of a stored entry changed.
+            assert!(!hits.is_empty(), "entry 3 is not in {}", db.display());
+            assert_ne!(std::fs::read(&db).unwrap(), before);
+        }
+        LogDamage::Truncate => {
+            let st = std::process::Command::new("truncate")
+                .args(["-s", "-7"])
+                .arg(&db)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            // VACUITY.
+            assert_eq!(
+                std::fs::metadata(&db).unwrap().len() + 7,
+                before.len() as u64
+            );
+        }
+    }
+
+    match start_or_exit(&w).await {
+        Err((status, text)) => {
+            assert_ne!(
+                damage,
+                LogDamage::None,
+                "an intact log did not open: {text}"
+            );
+            assert!(!status.success());
+            assert!(
+                text.contains("log damaged") && text.contains("sled recovered only"),
+                "refused without saying why: {text}"
+            );
+            // Still refused on a second try: restart alone does not paper over it.
+            let (_, again) = start_or_exit(&w).await.expect_err("second start came up");
+            assert!(again.contains("log damaged"), "{again}");
+        }
+        Ok(()) => {
+            assert_ne!(
+                damage,
+                LogDamage::Flip,
+                "the writer started on a log with a flipped byte in entry 3"
+            );
+            // Whatever survived must be all of it: every acknowledged entry, intact.
+            let (entries, _) = read_log(&w.data);
+            let seqs: Vec<u64> = entries.iter().map(|e| e.seq.0).collect();
+            assert_eq!(seqs, acked, "acknowledged entries lost ({damage:?})");
+            for (i, e) in entries.iter().enumerate() {
+                assert_eq!(form_body(e), format!("m=marker-{i}-abcdefgh").as_bytes());
+                assert!(
+                    matches!(e.state, EntryState::Accepted | EntryState::InDoubt),
+                    "seq {}: {:?}",
+                    e.seq,
+                    e.state
+                );
+                if damage == LogDamage::None {
+                    assert_eq!(e.state, EntryState::Accepted);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_stored_entry_stops_the_writer_from_starting() {
+    damaged_log(LogDamage::Flip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_log_tail_is_refused_or_loses_nothing_acknowledged() {
+    damaged_log(LogDamage::Truncate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intact_log_restarts_with_every_acknowledged_entry() {
+    damaged_log(LogDamage::None).await;
+}
+
+/// What is done to the blob of an acknowledged upload before it was shipped.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BlobDamage {
+    None,
+    Flip,
+    Delete,
+}
+
+/// A6 (blob). An upload acknowledged while its mirror was down; its blob is altered or
+/// deleted on the stopped writer. The writer must not ship it (it says why in its status and
+/// log), the mirror must not apply it or anything after it; untouched, it converges.
+async fn damaged_blob(damage: BlobDamage) {
+    use crate::support::client::multipart;
+    use crate::support::process_cluster::{ProcessCluster, ProcessClusterOpts};
+
+    let mut c = ProcessCluster::start(ProcessClusterOpts::default()).await;
+    let w = c.writer.client();
+    assert_eq!(w.post_form("/articles", "title=a&body=b").await.status, 303);
+    c.wait_converged(Duration::from_secs(20)).await;
+    c.mirror.kill9();
+
+    let file: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let body = multipart("B0", &[("title", "pic")], &[("file", "pic.bin", &file)]);
+    let r = w
+        .post("/upload", "multipart/form-data; boundary=B0", body)
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let upload_seq = r.seq().unwrap();
+    let after = w.post_form("/articles", "title=after&body=b").await;
+    assert_eq!(after.status, 303);
+    c.writer.kill9();
+
+    // Every blob file on the writer belongs to this upload (body and parts).
+    let blobs_dir = c.writer.data_dir.join("blobs");
+    let mut files = Vec::new();
+    for sub in std::fs::read_dir(&blobs_dir).unwrap().flatten() {
+        if sub.file_name() == "tmp" || !sub.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(sub.path()).unwrap().flatten() {
+            files.push(f.path());
+        }
+    }
+    assert!(!files.is_empty(), "the upload left no blob on the writer");
+    for f in &files {
+        match damage {
+            BlobDamage::None => {}
+            BlobDamage::Flip => {
+                let mut bytes = std::fs::read(f).unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+                std::fs::write(f, &bytes).unwrap();
+            }
+            BlobDamage::Delete => std::fs::remove_file(f).unwrap(),
+        }
+    }
+
+    c.writer.start().await;
+    c.mirror.start().await;
+    if damage == BlobDamage::None {
+        c.wait_converged(Duration::from_secs(30)).await;
+        assert_eq!(c.writer.dump().await, c.mirror.dump().await);
+        return;
+    }
+    let want = match damage {
+        BlobDamage::Flip => "is corrupt",
+        _ => "not found",
+    };
+    let mut last: serde_json::Value;
+    crate::assert_eventually!(
+        {
+            last = c.writer.status().await["mirrors"][0].clone();
+            last["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(want))
+        },
+        "the writer does not say why it cannot ship: {last}\n{}",
+        c.logs()
+    );
+    let m = c.mirror.status().await;
+    assert!(
+        m["applied_seq"].as_u64().unwrap() < upload_seq,
+        "the mirror applied past a damaged blob: {m}"
+    );
+    assert!(c.mirror.entry(upload_seq).await.is_none(), "shipped anyway");
+    let dump: serde_json::Value = serde_json::from_str(&c.mirror.dump().await).unwrap();
+    assert_eq!(dump["uploads"].as_array().map_or(0, Vec::len), 0, "{dump}");
+    assert!(
+        c.writer.log_tail().contains(want),
+        "not in the writer's log:\n{}",
+        c.writer.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_altered_blob_is_never_shipped_and_the_writer_says_so() {
+    damaged_blob(BlobDamage::Flip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_blob_is_never_shipped_and_the_writer_says_so() {
+    damaged_blob(BlobDamage::Delete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intact_blob_is_shipped_and_the_mirror_converges() {
+    damaged_blob(BlobDamage::None).await;
+}

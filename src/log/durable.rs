@@ -25,8 +25,8 @@
 //!   listing of the top directory after every flush in case a later sled writes one.
 //!
 //! Steady-state cost: one `sync_data` per commit, plus two `readdir`s (no fsync) of small
-//! directories, plus the seal's `sync_data` (below). Extra fsyncs happen only when sled has
-//! created files.
+//! directories, plus one 16-byte `pwrite` of the seal (below). Extra fsyncs happen only when
+//! sled has created files.
 //!
 //! # The seal (`copyist.seal`)
 //! sled checks a CRC on every message it reads back, but at open it treats the first message
@@ -35,10 +35,16 @@
 //! that entry and all later ones gone). Committed, acknowledged entries would vanish and their
 //! seqs be handed out again. So each commit also counts itself (`meta` key `commits`, in the
 //! same sled transaction) and, once sled's files are fsynced, that count is written to a
-//! 16-byte file beside them (the count and the first 8 bytes of its blake3, rewritten in place)
-//! and fsynced. At open, a `commits` below the seal means sled lost committed writes: the log
-//! refuses to open ([`LogError::Damaged`]) instead of carrying on without them. A log without
-//! a seal (older builds) gets one at open.
+//! 16-byte file beside them (the count and the first 8 bytes of its blake3, rewritten in place
+//! with one `pwrite`). At open, a `commits` below the seal means sled lost committed writes:
+//! the log refuses to open ([`LogError::Damaged`]) instead of carrying on without them. A log
+//! without a seal (older builds) gets one at open.
+//!
+//! The seal is not fsynced per commit (that would double the fsyncs of a write): it reaches
+//! the disk with the kernel's writeback, and a process crash (`kill -9`) loses nothing of it,
+//! since the page cache survives. After a power cut the seal may be older than the log, which
+//! only weakens the check; it can never be newer than what sled made durable, because it is
+//! written after sled's fsync, so it never refuses a healthy log.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -168,9 +174,7 @@ impl Syncer {
         self.stats
             .fsync(|| self.db_file.sync_data(), "fsync", &self.db_path)?;
         // Only now: the seal must never count a commit that is not durable in sled.
-        write_seal(&self.seal_file, commits).map_err(io_err("write", &self.seal_path))?;
-        self.stats
-            .fsync(|| self.seal_file.sync_data(), "fsync", &self.seal_path)
+        write_seal(&self.seal_file, commits).map_err(io_err("write", &self.seal_path))
     }
 }
 

@@ -701,3 +701,137 @@ async fn a_deleted_blob_is_never_shipped_and_the_writer_says_so() {
 async fn an_intact_blob_is_shipped_and_the_mirror_converges() {
     damaged_blob(BlobDamage::None).await;
 }
+
+// === B2: mirror disk full ===
+
+/// Fills the filesystem holding `dir` with one file; returns the error that stopped it.
+fn fill_disk(dir: &Path) -> std::io::Error {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0xee_u8; 64 * 1024];
+    loop {
+        if let Err(e) = f.write_all(&chunk).and_then(|()| f.sync_all()) {
+            // Whatever fits in the last partial chunk is written too.
+            let mut small = vec![0xee_u8; 512];
+            while f.write_all(&small).is_ok() {
+                small.truncate(small.len().max(2) / 2);
+                if small.len() < 2 {
+                    break;
+                }
+            }
+            return e;
+        }
+    }
+}
+
+/// B2. The mirror's disk fills up while the writer keeps accepting writes: the mirror applies
+/// nothing it has not recorded, the writer keeps retrying and reports the lag, the mirror says
+/// its storage failed; once space is freed (and the latched mirror restarted) it catches up in
+/// order, each entry once, and converges. `full: false` is the null control.
+async fn mirror_disk_full(full: bool) {
+    use crate::crash::{dump_article_ids, settle_in_doubt};
+    use crate::support::process_cluster::{ProcessCluster, ProcessClusterOpts};
+
+    let mut c = ProcessCluster::start(ProcessClusterOpts {
+        mirror_disk: Some("8m".into()),
+        ..Default::default()
+    })
+    .await;
+    let w = c.writer.client();
+    for i in 0..2 {
+        let r = w
+            .post_form("/articles", &format!("title=pre{i}&body=b"))
+            .await;
+        assert_eq!(r.status, 303, "{}", r.text());
+    }
+    c.wait_converged(Duration::from_secs(20)).await;
+
+    if full {
+        let e = fill_disk(&c.mirror.data_dir);
+        // VACUITY: the mirror's disk is really full.
+        assert_eq!(e.raw_os_error(), Some(28), "filling stopped with {e}");
+        let probe = std::fs::write(c.mirror.data_dir.join("probe"), vec![1u8; 64 * 1024]);
+        assert!(probe.is_err(), "the disk is not full");
+    }
+    let mut acked = Vec::new();
+    for i in 0..6 {
+        let r = w
+            .post_form("/articles", &format!("title=during{i}&body=b"))
+            .await;
+        assert_eq!(
+            r.status, 303,
+            "the writer must not depend on a mirror's disk"
+        );
+        acked.push(r.seq().unwrap());
+    }
+    let last = *acked.last().unwrap();
+
+    if full {
+        // The writer keeps trying and reports the lag; the mirror reports its storage failure.
+        let mut seen: serde_json::Value;
+        crate::assert_eventually!(
+            {
+                seen = c.writer.status().await["mirrors"][0].clone();
+                seen["lag_entries"].as_u64().unwrap_or(0) > 0 && !seen["last_error"].is_null()
+            },
+            "the writer does not report the stuck mirror: {seen}\n{}",
+            c.logs()
+        );
+        let mut m: serde_json::Value;
+        crate::assert_eventually!(
+            {
+                m = c.mirror.status().await;
+                m["fail_closed"] == true
+            },
+            "the mirror does not report its storage failure: {m}\n{}",
+            c.logs()
+        );
+        assert!(m["applied_seq"].as_u64().unwrap() < last, "{m}");
+        let health = Client::new(c.mirror.admin()).get("/health").await;
+        assert_eq!(health.status, 503, "{}", health.text());
+        // Nothing applied without a record: every article the mirror's CMS has belongs to an
+        // entry in the mirror's log.
+        let mirror_ids = dump_article_ids(&c.mirror.dump().await);
+        for (n, id) in mirror_ids.iter().enumerate() {
+            let seq = n as u64 + 1;
+            assert_eq!(*id, seq, "articles are created one per seq here");
+            let entry = c.mirror.entry(seq).await;
+            assert!(
+                entry.is_some(),
+                "article {id} applied on the mirror without an entry for seq {seq}"
+            );
+        }
+        // Space comes back; the latched mirror needs a restart (FAILCLOSED).
+        std::fs::remove_file(c.mirror.data_dir.join("filler")).unwrap();
+        c.mirror.kill9();
+        c.mirror.start().await;
+        settle_in_doubt(&c).await;
+    }
+    c.wait_converged(Duration::from_secs(30)).await;
+    // ORDER, ONCE, CONVERGE.
+    let (wd, md) = (c.writer.dump().await, c.mirror.dump().await);
+    let ids = dump_article_ids(&md);
+    assert_eq!(
+        ids,
+        (1..=last).collect::<Vec<u64>>(),
+        "mirror articles: {md}"
+    );
+    assert_eq!(wd, md);
+    for seq in 1..=last {
+        let e = c.mirror.entry(seq).await.unwrap();
+        assert!(
+            e["state"] == "applied" || e["state"] == "skipped",
+            "seq {seq}: {e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mirror_disk_stalls_the_mirror_and_it_resumes_in_order_once_freed() {
+    mirror_disk_full(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_with_room_on_its_small_disk_keeps_up() {
+    mirror_disk_full(false).await;
+}

@@ -241,6 +241,9 @@ pub struct ProcessClusterOpts {
     pub mirror_origin: String,
     /// Extra lines inside the writer's `[replication]` (e.g. `window = 4`).
     pub writer_replication: String,
+    /// A tmpfs of this size (e.g. "8m") mounted over the mirror's data dir before it starts,
+    /// for a real disk-full (root only; see `SmallDisk`).
+    pub mirror_disk: Option<String>,
 }
 
 /// A writer and one mirror (`mirror-1`), both real processes.
@@ -248,6 +251,8 @@ pub struct ProcessCluster {
     pub certs: Certs,
     pub writer: ProcNode,
     pub mirror: ProcNode,
+    /// The mirror's small disk, if asked for; unmounted after the nodes are stopped.
+    pub mirror_disk: Option<super::SmallDisk>,
     /// Configs, data dirs and logs.
     pub root: tempfile::TempDir,
 }
@@ -293,6 +298,10 @@ impl ProcessCluster {
         let mirror_cms = PhpCms::start();
         let port = free_port();
         let mirror_data = root.path().join("mirror-1");
+        let mirror_disk = opts
+            .mirror_disk
+            .as_deref()
+            .map(|size| super::SmallDisk::mount(&mirror_data, size));
         let mirror_extra = format!(
             "{}\n[writer]\nname = \"writer\"\nurl = \"https://127.0.0.1:9\"\n",
             replication_section_at(certs.path(), "mirror-1", &format!("127.0.0.1:{port}"))
@@ -359,6 +368,7 @@ impl ProcessCluster {
             certs,
             writer,
             mirror,
+            mirror_disk,
             root,
         }
     }

@@ -450,6 +450,9 @@ enum LogDamage {
     Flip,
     /// `truncate -s -7`: a torn tail.
     Truncate,
+    /// Truncated in the middle of the last entry's body: a torn tail that takes a committed,
+    /// acknowledged entry with it.
+    TruncateIntoLastEntry,
 }
 
 /// Starts `copyist run` and reports whether it came up (the node, killed) or exited at start
@@ -534,10 +537,28 @@ async fn damaged_log(damage: LogDamage) {
                 before.len() as u64
             );
         }
+        LogDamage::TruncateIntoLastEntry => {
+            let needle = b"marker-4-abcdefgh";
+            // The first copy: the entry is written again when settled.
+            let at = (0..before.len() - needle.len())
+                .find(|&i| &before[i..i + needle.len()] == needle)
+                .expect("entry 5 is not in the db file");
+            let st = std::process::Command::new("truncate")
+                .args(["-s", &(at + 5).to_string()])
+                .arg(&db)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            // VACUITY: the file now ends inside entry 5.
+            let after = std::fs::read(&db).unwrap();
+            assert_eq!(after.len(), at + 5);
+            assert!(!after.windows(needle.len()).any(|w| w == needle));
+        }
     }
 
     match start_or_exit(&w).await {
         Err((status, text)) => {
+            eprintln!("{damage:?}: refused to start");
             assert_ne!(
                 damage,
                 LogDamage::None,
@@ -553,10 +574,10 @@ async fn damaged_log(damage: LogDamage) {
             assert!(again.contains("log damaged"), "{again}");
         }
         Ok(()) => {
-            assert_ne!(
-                damage,
-                LogDamage::Flip,
-                "the writer started on a log with a flipped byte in entry 3"
+            eprintln!("{damage:?}: started");
+            assert!(
+                !matches!(damage, LogDamage::Flip | LogDamage::TruncateIntoLastEntry),
+                "the writer started on a log whose entries were damaged ({damage:?})"
             );
             // Whatever survived must be all of it: every acknowledged entry, intact.
             let (entries, _) = read_log(&w.data);
@@ -586,6 +607,11 @@ async fn a_flipped_byte_in_a_stored_entry_stops_the_writer_from_starting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_log_tail_is_refused_or_loses_nothing_acknowledged() {
     damaged_log(LogDamage::Truncate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_torn_inside_the_last_acknowledged_entry_stops_the_writer_from_starting() {
+    damaged_log(LogDamage::TruncateIntoLastEntry).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -805,7 +831,8 @@ async fn mirror_disk_full(full: bool) {
         std::fs::remove_file(c.mirror.data_dir.join("filler")).unwrap();
         c.mirror.kill9();
         c.mirror.start().await;
-        settle_in_doubt(&c).await;
+        let settled = settle_in_doubt(&c).await;
+        eprintln!("after the restart the operator had to settle: {settled:?}");
     }
     c.wait_converged(Duration::from_secs(30)).await;
     // ORDER, ONCE, CONVERGE.

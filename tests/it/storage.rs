@@ -862,3 +862,122 @@ async fn a_full_mirror_disk_stalls_the_mirror_and_it_resumes_in_order_once_freed
 async fn a_mirror_with_room_on_its_small_disk_keeps_up() {
     mirror_disk_full(false).await;
 }
+
+/// B3, the second sync of a write: the CMS has answered 200, but the fsync of its outcome
+/// fails. The client is not told 200 (503 naming the entry), the node latches, and after a
+/// restart the entry is in doubt or, if the unsynced outcome did survive in the page cache,
+/// accepted with the CMS really holding the row (what the writer's CMS did is what mirrors get;
+/// never a row the CMS does not have). The null control gets its 200.
+async fn outcome_fsync_eio(inject: bool) {
+    let cms = crate::support::PhpCms::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, config_text(&data, &cms.url(), Opts::default())).unwrap();
+    let mut node = NodeProcess::start(&config, &data).await;
+    let c = Client::new(node.public);
+    let admin = Client::new(node.admin);
+    let r = c.post_form("/articles", "title=before&body=b").await;
+    assert_eq!(r.status, 303, "{}", r.text());
+
+    // The CMS commits the row, then sleeps; meanwhile the entry is durably pending.
+    let c2 = c.clone();
+    let slow = tokio::spawn(async move { c2.post_form("/slow?ms=2000", "x=1").await });
+    assert_eventually!(
+        admin
+            .get("/api/v1/log/2")
+            .await
+            .text()
+            .contains("\"pending\""),
+        "the slow write was not logged"
+    );
+    let inj = dir.path().join("inj.log");
+    let mut args = vec!["-e", "trace=fsync,fdatasync"];
+    if inject {
+        args.extend(["-e", "inject=fsync,fdatasync:error=EIO:when=1+"]);
+    }
+    let tracer = strace::attach(node.pid, &inj, &args).await;
+    let r = slow.await.unwrap();
+    let injected =
+        strace::injections(&inj, "fdatasync").len() + strace::injections(&inj, "fsync").len();
+    assert!(
+        strace::text(&inj).contains("fdatasync("),
+        "the outcome was not synced while traced:\n{}",
+        strace::text(&inj)
+    );
+    if !inject {
+        assert_eq!(injected, 0);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.seq(), Some(2));
+        drop(tracer);
+        node.kill9();
+        let (entries, _) = read_log(&data);
+        assert_eq!(entries[1].state, EntryState::Accepted);
+        return;
+    }
+    // VACUITY.
+    assert!(injected > 0, "{}", strace::text(&inj));
+    assert_eq!(
+        r.status,
+        503,
+        "the client was told {}: {}",
+        r.status,
+        r.text()
+    );
+    assert!(
+        r.text().contains("outcome cannot be logged"),
+        "{}",
+        r.text()
+    );
+    let after = c.post_form("/articles", "title=after&body=b").await;
+    assert_eq!(after.status, 503, "not latched: {}", after.text());
+    assert_eq!(c.get("/").await.status, 200, "reads must keep flowing");
+    drop(tracer);
+    node.kill9();
+
+    let (entries, in_doubt) = read_log(&data);
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    let e = &entries[1];
+    assert_eq!(e.request.target, "/slow?ms=2000");
+    let db = cms.dir.path().join("cms.sqlite");
+    let code = format!(
+        "$db = new PDO('sqlite:{}'); echo $db->query(\"SELECT COUNT(*) FROM articles WHERE title = 'slow'\")->fetchColumn();",
+        db.display()
+    );
+    let out = std::process::Command::new("php")
+        .arg("-r")
+        .arg(code)
+        .output()
+        .unwrap();
+    let slow_rows = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(slow_rows, "1", "the CMS did commit the slow row");
+    match e.state {
+        EntryState::InDoubt => assert!(in_doubt.contains(&e.seq) || e.outcome.is_some()),
+        EntryState::Accepted => {
+            assert_eq!(e.outcome.as_ref().map(|o| o.status), Some(200));
+        }
+        other => panic!("entry 2 is {other:?} after the failed outcome fsync"),
+    }
+    eprintln!("outcome fsync EIO: entry 2 is {:?} after restart", e.state);
+    let node = NodeProcess::start(&config, &data).await;
+    let r = Client::new(node.public)
+        .post_form("/articles", "title=restarted&body=b")
+        .await;
+    assert_eq!(
+        r.status,
+        303,
+        "restart did not clear the latch: {}",
+        r.text()
+    );
+    assert_eq!(r.seq(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_eio_on_the_outcome_is_not_acknowledged() {
+    outcome_fsync_eio(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcome_fsync_traced_without_injection_is_acknowledged() {
+    outcome_fsync_eio(false).await;
+}

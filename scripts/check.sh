@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the integration tests run for real: the PHP fixture CMS (php-cli + pdo_sqlite), HAProxy in
-# front of a cluster, and headless Chromium for the admin status page.
+# front of a cluster, headless Chromium for the admin status page, and strace for storage faults.
 missing() {
   local m=()
   if ! command -v php >/dev/null || ! php -m 2>/dev/null | grep -qi '^pdo_sqlite$'; then
@@ -15,6 +15,8 @@ missing() {
   command -v chromium >/dev/null || m+=(chromium)
   # Clock-skew tests (RELIABILITY.md G6) run a mirror under faketime.
   command -v faketime >/dev/null || m+=(faketime)
+  # The storage fault tests (tests/it/storage.rs) inject EIO/ENOSPC/slow fsync with strace.
+  command -v strace >/dev/null || m+=(strace)
   echo "${m[@]:-}"
 }
 pkgs=$(missing)

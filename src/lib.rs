@@ -70,7 +70,10 @@
 //! * A client is answered only after its entry's outcome is durable.
 //! * An outcome copyist cannot know (origin timed out after the request was sent, crash while
 //!   pending) is recorded `in-doubt`, never guessed.
-//! * Once the log or blob store fails to write, captured requests get 503 until restart.
+//! * Once the log or blob store fails to write, captured requests get 503 until restart (a
+//!   mirror applies nothing more until restart).
+//! * A log that sled recovers with fewer commits than `log/copyist.seal` counts refuses to open:
+//!   a damaged or torn log is never silently shortened.
 //! * A mirror applies a gap-free, strictly increasing prefix of sequence numbers, each at most
 //!   once; it halts on any difference and only an audited operator action moves it on.
 //! * With `[log] encryption_key_file` set, nothing copyist stores under `data_dir` (log values,

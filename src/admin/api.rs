@@ -64,7 +64,8 @@ pub struct StatusView {
     pub public_addr: String,
     /// Highest sequence number in the log (0 when empty).
     pub last_seq: u64,
-    /// Whether captured writes are refused because storage failed.
+    /// Whether storage failed: captured writes (writer) or applies (mirror) are refused until
+    /// restart.
     pub fail_closed: bool,
     /// Highest sequence number applied here (mirror) or settled (writer).
     pub applied_seq: u64,
@@ -179,7 +180,8 @@ pub async fn status(state: &AdminState) -> Response<ProxyBody> {
             role: state.role.as_str().to_string(),
             public_addr: state.public_addr.to_string(),
             last_seq: state.log.last_seq().0,
-            fail_closed: state.capture.is_fail_closed(),
+            // A mirror has no capture latch; its log's poisoning is the same condition.
+            fail_closed: state.capture.is_fail_closed() || state.log.is_poisoned(),
             applied_seq: state
                 .replication
                 .as_ref()

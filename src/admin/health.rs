@@ -460,7 +460,8 @@ impl Health {
         let i = &self.inner;
         let origin = lock(&i.origin).clone();
         let writer = lock(&i.writer).clone();
-        let unhealthy = if i.capture.is_fail_closed() {
+        // The log's poisoning covers a mirror, whose writes do not go through capture.
+        let unhealthy = if i.capture.is_fail_closed() || i.log.is_poisoned() {
             Some("log not writable (fail-closed until restart)".to_owned())
         } else if origin.at.is_none() {
             Some("origin not probed yet".to_owned())

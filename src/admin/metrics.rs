@@ -406,8 +406,8 @@ fn write_state(out: &mut Text, state: &AdminState, blob_bytes: Option<u64>) {
     );
     out.gauge(
         "copyist_fail_closed",
-        "Whether captured writes are refused because the log or blob store failed (1) until restart.",
-        u8::from(state.capture.is_fail_closed()),
+        "Whether captured writes (writer) or applies (mirror) are refused because the log or blob store failed (1) until restart.",
+        u8::from(state.capture.is_fail_closed() || log.is_poisoned()),
     );
     if let Some(bytes) = blob_bytes {
         out.gauge(

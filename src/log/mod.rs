@@ -80,6 +80,9 @@ const COOKIES: &str = "cookies";
 /// same transaction as each new entry so that a seq, once handed out, is never handed out
 /// again, even after the entries themselves are removed by retention.
 const META_NEXT_SEQ: &[u8] = b"next_seq";
+/// How many durable commits this log has made (big-endian u64), checked against the seal at
+/// open (`durable.rs`).
+const META_COMMITS: &[u8] = b"commits";
 /// Mirror: the highest seq finished here (applied, skipped or stored rejected); big-endian u64.
 const META_APPLIED_SEQ: &[u8] = b"applied_seq";
 /// Mirror: the current [`Halt`], encoded like an entry; absent while streaming.
@@ -105,6 +108,10 @@ pub enum LogError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The log is provably missing writes it made durable, or its seal is damaged (see
+    /// `durable.rs`): refusing to open.
+    #[error("log damaged: {0}")]
+    Damaged(String),
     /// Stored bytes could not be decoded (unknown version, damage).
     #[error("log: cannot decode: {0}")]
     Codec(String),
@@ -208,6 +215,8 @@ struct Writer {
     next: Seq,
     /// Mirror: the halted seq released by `retry`, until `begin_apply` takes it.
     retry: Option<Seq>,
+    /// Commits made durable so far (`meta` `commits`; the seal, see `durable.rs`).
+    commits: u64,
     syncer: Syncer,
 }
 
@@ -296,7 +305,8 @@ impl Log {
         // just opened) durable, fsyncing the files sled never fsyncs itself.
         db.flush()?;
         let stats = Arc::new(SyncStats::default());
-        let syncer = Syncer::open(dir, stats.clone())?;
+        let commits = read_u64(&meta, META_COMMITS)?.unwrap_or(0);
+        let syncer = Syncer::open(dir, stats.clone(), commits)?;
         let next = next_seq(&entries, &meta)?;
         let applied = read_u64(&meta, META_APPLIED_SEQ)?.unwrap_or(0);
         let retry = read_u64(&meta, META_RETRY)?.map(Seq);
@@ -320,6 +330,7 @@ impl Log {
                 writer: Mutex::new(Writer {
                     next,
                     retry,
+                    commits,
                     syncer,
                 }),
                 last: AtomicU64::new(last.0),
@@ -561,15 +572,19 @@ impl Log {
             }
             None => writes,
         };
+        let commits = writer.commits.saturating_add(1);
         let result = self
-            .transact(writes)
+            .transact(writes, commits)
             .and_then(|()| {
                 fail::fail_point!("after_append_before_sync", is_append(writes), |_| {
                     std::process::abort()
                 });
                 self.inner.db.flush().map_err(LogError::from)
             })
-            .and_then(|_bytes| writer.syncer.commit());
+            .and_then(|_bytes| writer.syncer.commit(commits));
+        if result.is_ok() {
+            writer.commits = commits;
+        }
         if let Err(error) = &result {
             self.poison();
             tracing::error!(%error, "log write failed; refusing writes until restart");
@@ -579,7 +594,8 @@ impl Log {
 
     /// One sled transaction over the four trees. sled makes a multi-tree transaction
     /// atomic across crashes (`transaction.rs` 404-414: the writes are sealed as one batch).
-    fn transact(&self, writes: &[Write]) -> Result<(), LogError> {
+    /// `commits` is stored with them (see the seal in `durable.rs`).
+    fn transact(&self, writes: &[Write], commits: u64) -> Result<(), LogError> {
         let inner = &*self.inner;
         let trees = (
             &inner.entries,
@@ -603,6 +619,7 @@ impl Log {
                         Write::Cookie(key, value) => cookies.insert(key.as_slice(), value.clone()),
                     }?;
                 }
+                meta.insert(META_COMMITS, &encode_u64(commits))?;
                 Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(())
             })
             .map_err(|e| match e {

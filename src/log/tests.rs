@@ -258,6 +258,7 @@ fn one_fsync_per_append_and_per_settle() {
     for _ in 0..20 {
         let before = log.fsync_count();
         let seq = log.append_pending(sample_request(&[b'x'; 2000])).unwrap();
+        // sled's `db` (the seal is written, not fsynced: durable.rs).
         assert_eq!(log.fsync_count() - before, 1, "append_pending {seq}");
         let before = log.fsync_count();
         log.settle(seq, Event::OriginAccepted, sample_outcome(200))
@@ -413,4 +414,74 @@ fn damaged_next_seq_is_refused_not_wrapped() {
     let refused = log.append_pending(sample_request(b"x"));
     assert!(matches!(refused, Err(LogError::Codec(_))), "{refused:?}");
     assert!(!log.is_poisoned(), "nothing was written");
+}
+
+// --- the seal (durable.rs): committed writes sled lost at open are detected ---
+
+/// Flips one bit of every copy of `needle` in sled's `db` file; returns how many.
+fn flip_in_db(dir: &tempfile::TempDir, needle: &[u8]) -> usize {
+    let db = dir.path().join("log").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let hits: Vec<usize> = (0..bytes.len().saturating_sub(needle.len()))
+        .filter(|&i| &bytes[i..i + needle.len()] == needle)
+        .collect();
+    for &i in &hits {
+        bytes[i + needle.len() / 2] ^= 0x01;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    hits.len()
+}
+
+#[test]
+fn a_flipped_byte_in_a_committed_entry_refuses_to_open_instead_of_losing_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(&dir);
+    for i in 0..5 {
+        let seq = log
+            .append_pending(sample_request(format!("body-{i}-abcdefgh").as_bytes()))
+            .unwrap();
+        log.settle(seq, Event::OriginAccepted, sample_outcome(200))
+            .unwrap();
+    }
+    drop(log);
+    assert!(
+        flip_in_db(&dir, b"body-2-abcdefgh") > 0,
+        "entry 3 not found in db"
+    );
+    match Log::open(&dir.path().join("log"), 1 << 20) {
+        Err(LogError::Damaged(msg)) => {
+            assert!(msg.contains("sled recovered only"), "{msg}")
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok((log, _)) => panic!(
+            "opened with last seq {} after damage: acknowledged entries silently lost",
+            log.last_seq()
+        ),
+    }
+}
+
+#[test]
+fn a_damaged_seal_refuses_to_open_and_a_missing_one_is_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open(&dir);
+    log.append_pending(sample_request(b"x")).unwrap();
+    drop(log);
+    let seal = dir.path().join("log").join(durable::SEAL_FILE);
+    let mut bytes = std::fs::read(&seal).unwrap();
+    assert_eq!(bytes.len(), 16);
+    bytes[3] ^= 0x10;
+    std::fs::write(&seal, &bytes).unwrap();
+    match Log::open(&dir.path().join("log"), 1 << 20) {
+        Err(LogError::Damaged(msg)) => assert!(msg.contains("checksum"), "{msg}"),
+        other => panic!("{:?}", other.map(|(l, _)| l.last_seq())),
+    }
+    // A log from a build without seals: opens, and is sealed from then on.
+    std::fs::remove_file(&seal).unwrap();
+    let (log, _) = open(&dir);
+    assert_eq!(log.last_seq(), Seq(1));
+    drop(log);
+    assert_eq!(std::fs::read(&seal).unwrap().len(), 16);
+    // Null control: an intact log and seal open, with nothing lost.
+    let (log, _) = open(&dir);
+    assert_eq!(log.last_seq(), Seq(1));
 }

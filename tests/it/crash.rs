@@ -34,7 +34,7 @@ fn article_id(location: &str) -> u64 {
 }
 
 /// Article ids in a `/dump`.
-fn dump_article_ids(dump: &str) -> Vec<u64> {
+pub(crate) fn dump_article_ids(dump: &str) -> Vec<u64> {
     let v: Value = serde_json::from_str(dump).unwrap_or_else(|e| panic!("{e}: {dump}"));
     v["articles"]
         .as_array()
@@ -46,7 +46,7 @@ fn dump_article_ids(dump: &str) -> Vec<u64> {
 
 /// How an operator settled one in-doubt entry.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Settled {
+pub(crate) enum Settled {
     /// The mirror's CMS had the row: `skip --seq N`.
     Skipped(u64),
     /// It did not: `retry`.
@@ -56,7 +56,7 @@ enum Settled {
 /// If the (restarted) mirror is halted, checks that it is the correct `in_doubt` halt and
 /// settles it like an operator: look at the mirror's CMS for the entry's row, then `skip` it
 /// (the CMS applied it) or `retry` it (it did not). Returns what was done.
-async fn settle_in_doubt(cluster: &ProcessCluster) -> Option<Settled> {
+pub(crate) async fn settle_in_doubt(cluster: &ProcessCluster) -> Option<Settled> {
     let m = &cluster.mirror;
     let s = m.status().await;
     if s["halt"].is_null() {

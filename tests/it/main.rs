@@ -28,4 +28,5 @@ mod reload;
 mod replication_auth;
 mod soak;
 mod status_page;
+mod storage;
 mod tls;

@@ -12,6 +12,7 @@ pub mod node;
 pub mod origin;
 pub mod php;
 pub mod process_cluster;
+pub mod strace;
 
 pub use client::{raw, Client, Reply};
 pub use node::{NodeProcess, TestNode};

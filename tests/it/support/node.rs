@@ -145,11 +145,20 @@ impl TestNode {
 
 /// `copyist run` as a child process.
 pub struct NodeProcess {
+    /// What was spawned: copyist itself, or the wrapper (`strace`) in front of it.
     pub child: Child,
+    /// The copyist process's own pid (differs from `child`'s when wrapped).
+    pub pid: u32,
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub admin: SocketAddr,
     pub public: SocketAddr,
+}
+
+/// Whether process `pid` is running the copyist binary itself.
+fn runs_copyist(pid: u32) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    exe.is_some() && exe == std::fs::canonicalize(binary()).ok()
 }
 
 pub fn binary() -> &'static str {
@@ -159,15 +168,26 @@ pub fn binary() -> &'static str {
 impl NodeProcess {
     /// Starts `copyist run -c config_path` and waits until its admin API reports its addresses.
     pub async fn start(config_path: &Path, data_dir: &Path) -> NodeProcess {
-        Self::start_under(config_path, data_dir, &[]).await
+        Self::start_wrapped(config_path, data_dir, &[]).await
     }
 
     /// Like [`NodeProcess::start`], run under `wrapper` (a command that execs the rest, e.g.
     /// `prlimit --nofile=64:64 --`), so the pid is copyist's own.
     pub async fn start_under(config_path: &Path, data_dir: &Path, wrapper: &[&str]) -> NodeProcess {
+        let prefix: Vec<std::ffi::OsString> = wrapper.iter().map(|w| w.into()).collect();
+        Self::start_wrapped(config_path, data_dir, &prefix).await
+    }
+
+    /// Like [`NodeProcess::start`], with `prefix` run in front of the binary (e.g. `strace -f
+    /// -o inj.log -e inject=…`, see `support::strace`): `prefix… copyist run -c config_path`.
+    pub async fn start_wrapped(
+        config_path: &Path,
+        data_dir: &Path,
+        prefix: &[std::ffi::OsString],
+    ) -> NodeProcess {
         let _ = std::fs::remove_file(data_dir.join("admin.addr"));
         let log = std::fs::File::create(config_path.with_extension("log")).unwrap();
-        let mut command = match wrapper.split_first() {
+        let mut cmd = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(binary());
@@ -175,7 +195,7 @@ impl NodeProcess {
             }
             None => Command::new(binary()),
         };
-        let child = command
+        let child = cmd
             .arg("run")
             .arg("-c")
             .arg(config_path)
@@ -184,8 +204,10 @@ impl NodeProcess {
             .stderr(log)
             .spawn()
             .unwrap();
+        let pid = child.id();
         let mut p = NodeProcess {
             child,
+            pid,
             config_path: config_path.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             admin: "127.0.0.1:0".parse().unwrap(),
@@ -214,6 +236,11 @@ impl NodeProcess {
                     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
                     p.admin = admin;
                     p.public = v["public_addr"].as_str().unwrap().parse().unwrap();
+                    // A wrapper that execs (prlimit) leaves copyist at the child's pid; one
+                    // that forks (strace) has copyist as its child.
+                    if !prefix.is_empty() && !runs_copyist(p.child.id()) {
+                        p.pid = super::strace::child_of(p.child.id());
+                    }
                     return p;
                 }
             }
@@ -223,6 +250,12 @@ impl NodeProcess {
     }
 
     pub fn kill9(&mut self) {
+        if self.pid != self.child.id() {
+            // A wrapper's death would only detach copyist: kill copyist itself first.
+            let _ = Command::new("kill")
+                .args(["-9", &self.pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }

@@ -279,8 +279,10 @@ async fn spawn(config: &Path, data: &Path, log: &Path, env: &[(String, String)])
     'attempt: loop {
         let _ = std::fs::remove_file(data.join("admin.addr"));
         let child = command(config, log, env).spawn().unwrap();
+        let pid = child.id();
         let mut p = NodeProcess {
             child,
+            pid,
             config_path: config.to_path_buf(),
             data_dir: data.to_path_buf(),
             admin: "127.0.0.1:0".parse().unwrap(),
@@ -355,6 +357,9 @@ pub struct ProcessClusterOpts {
     /// Give the writer's replication listener a fixed port and point every mirror's `[writer]`
     /// at it, so a write sent to a mirror is forwarded to the writer.
     pub forward_writes: bool,
+    /// A tmpfs of this size (e.g. "8m") mounted over `mirror-1`'s data dir before it starts,
+    /// for a real disk-full (root only; see `SmallDisk`).
+    pub mirror_disk: Option<String>,
 }
 
 /// A writer and one mirror (`mirror-1`), or more, all real processes.
@@ -364,6 +369,8 @@ pub struct ProcessCluster {
     pub mirror: ProcNode,
     /// `mirror-2`, `mirror-3`, … when asked for.
     pub more_mirrors: Vec<ProcNode>,
+    /// `mirror-1`'s small disk, if asked for; unmounted after the nodes are stopped.
+    pub mirror_disk: Option<super::SmallDisk>,
     /// Configs, data dirs and logs.
     pub root: tempfile::TempDir,
 }
@@ -419,10 +426,17 @@ impl ProcessCluster {
 
         let mut mirrors = Vec::new();
         let mut mirror_sections = String::new();
+        let mut mirror_disk = None;
         for name in &names {
             let mirror_cms = PhpCms::start();
             let port = free_port();
             let mirror_data = root.path().join(name);
+            if name == "mirror-1" {
+                mirror_disk = opts
+                    .mirror_disk
+                    .as_deref()
+                    .map(|size| super::SmallDisk::mount(&mirror_data, size));
+            }
             let mirror_extra = format!(
                 "{}\n[writer]\nname = \"writer\"\nurl = \"{writer_url}\"\n\n{}\n",
                 replication_section_at(certs.path(), name, &format!("127.0.0.1:{port}")),
@@ -503,6 +517,7 @@ impl ProcessCluster {
             writer,
             mirror,
             more_mirrors: mirrors.collect(),
+            mirror_disk,
             root,
         }
     }

@@ -22,6 +22,7 @@ mod health;
 mod hygiene;
 mod lifecycle;
 mod metrics;
+mod network;
 mod passthrough;
 mod reload;
 mod replication_auth;

@@ -1,0 +1,183 @@
+//! Network faults between the writer and its mirrors (RELIABILITY.md C1–C4, E4): toxics from
+//! the chaos proxy on the replication path (C3). Each fault test proves its fault fired (the
+//! proxy's counters) and the null control shows the same checks pass with the fault off.
+
+use std::time::Duration;
+
+use crate::support::chaos::{Direction, Faults, Stats};
+use crate::support::client::multipart;
+use crate::support::cluster::{ClusterOpts, TestCluster};
+
+/// What a toxic does to a transfer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Slows or splits bytes but delivers them all: the mirror makes progress under the toxic.
+    Degrades,
+    /// Loses or withholds bytes: nothing past the cut is applied until the network heals.
+    Breaks,
+}
+
+/// Writes an upload and some articles through `fault` between the writer and one mirror,
+/// waits until `fired` shows in the proxy's counters, then heals and checks ORDER and ONCE:
+/// every entry applied once in order, the mirror's CMS equal to the writer's.
+/// `faults` sees the counters of a clean start (one connection: handshake, state, one entry).
+async fn through_toxic(
+    faults: impl FnOnce(&Stats) -> Faults,
+    kind: Kind,
+    fired: impl Fn(&Stats) -> bool,
+) -> Stats {
+    let cluster = TestCluster::start_opts(ClusterOpts {
+        mirrors: 1,
+        chaos: true,
+        ..ClusterOpts::default()
+    })
+    .await;
+    let chaos = cluster.chaos[0].as_ref().unwrap();
+    let w = cluster.writer.client();
+    w.post_form("/articles", "title=before").await;
+    cluster.wait_converged().await;
+    let clean = chaos.stats();
+
+    // A fresh connection, so per-connection limits count from its handshake.
+    chaos.cut();
+    chaos.set(faults(&clean));
+    // A 64 KB blob first: a truncated transfer of it can never be applied whole.
+    let blob: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
+    let body = multipart("B", &[("title", "blob")], &[("file", "blob.bin", &blob)]);
+    let r = w
+        .post("/upload", "multipart/form-data; boundary=B", body)
+        .await;
+    assert_eq!(r.status, 303, "the writer is unaffected: {}", r.text());
+    for i in 0..4 {
+        let r = w.post_form("/articles", &format!("title=during-{i}")).await;
+        assert_eq!(r.status, 303, "the writer is unaffected");
+    }
+    let last = cluster.writer.node.last_seq().await;
+    crate::assert_eventually!(
+        fired(&chaos.stats()),
+        "the toxic never fired: {:?}",
+        chaos.stats()
+    );
+    let m = &cluster.mirrors[0];
+    match kind {
+        Kind::Degrades => cluster.wait_converged().await,
+        Kind::Breaks => {
+            let s = m.status().await;
+            assert!(
+                s["halt"].is_null(),
+                "a network fault halted the mirror: {s}"
+            );
+            let applied = s["applied_seq"].as_u64().unwrap();
+            assert!(applied <= last, "{s}");
+            for seq in applied + 1..=last {
+                let r = m
+                    .node
+                    .admin_client()
+                    .get(&format!("/api/v1/log/{seq}"))
+                    .await;
+                assert!(
+                    r.status == 404 || !r.text().contains("\"applied\""),
+                    "seq {seq} applied past {applied}: {}",
+                    r.text()
+                );
+            }
+        }
+    }
+    let evidence = chaos.stats();
+
+    chaos.clear();
+    // Idle connections a toxic held (blackhole) are dropped, so the writer reconnects at once.
+    chaos.cut();
+    chaos.clear();
+    w.post_form("/articles", "title=after").await;
+    cluster.wait_converged().await;
+    assert_eq!(m.dump().await, cluster.writer.dump().await, "ONCE / ORDER");
+    let last = cluster.writer.node.last_seq().await;
+    for seq in 1..=last {
+        let e = m.node.api(&format!("/api/v1/log/{seq}")).await;
+        assert_eq!(e["state"], "applied", "seq {seq}: {e}");
+    }
+    // The blob arrived whole: the mirror's copy serves the same bytes.
+    let got = m.client().get("/uploads/1-blob.bin").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.as_ref(), &blob[..], "the mirror's blob differs");
+    assert!(clean.up.delayed + clean.up.swallowed + clean.truncated + clean.reset == 0);
+    evidence
+}
+
+fn faults(edit: impl FnOnce(&mut Faults)) -> Faults {
+    let mut f = Faults::default();
+    edit(&mut f);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_null_control_with_the_toxics_off_fires_nothing_and_converges() {
+    let s = through_toxic(|_| Faults::default(), Kind::Degrades, |s| s.bytes_up > 0).await;
+    for d in [&s.up, &s.down] {
+        assert_eq!(
+            (d.delayed, d.sliced, d.throttled, d.swallowed, d.reset),
+            (0, 0, 0, 0, 0)
+        );
+    }
+    assert_eq!((s.truncated, s.reset, s.blackholed), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_latency_with_jitter_both_ways_still_converges() {
+    let f = |_: &Stats| {
+        faults(|f| {
+            f.latency = Duration::from_millis(40);
+            f.jitter = Duration::from_millis(40);
+        })
+    };
+    through_toxic(f, Kind::Degrades, |s| {
+        s.up.delayed > 2 && s.down.delayed > 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_slicing_into_tiny_pieces_still_converges() {
+    let f = |_: &Stats| faults(|f| f.slice = Some(7));
+    through_toxic(f, Kind::Degrades, |s| s.up.sliced > 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_low_bandwidth_upstream_still_converges() {
+    let f = |_: &Stats| {
+        faults(|f| {
+            f.bandwidth = Some(100_000);
+            f.direction = Direction::Up;
+        })
+    };
+    through_toxic(f, Kind::Degrades, |s| {
+        s.up.throttled > 2 && s.down.throttled == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_truncated_upstream_transfer_is_never_applied() {
+    let f = |_: &Stats| faults(|f| f.truncate_after = Some(8 * 1024));
+    through_toxic(f, Kind::Breaks, |s| s.truncated >= 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_truncated_answers_are_retried_and_applied_once() {
+    // Past the handshake and a first answer: later answers are cut after the mirror applied.
+    let f = |clean: &Stats| faults(|f| f.truncate_down_after = Some(clean.bytes_down + 150));
+    through_toxic(f, Kind::Breaks, |s| s.truncated >= 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_reset_connections_mid_transfer_are_never_applied_half() {
+    let f = |_: &Stats| faults(|f| f.reset = true);
+    through_toxic(f, Kind::Breaks, |s| s.reset >= 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c3_blackhole_holds_then_heals_without_duplicates() {
+    let f = |_: &Stats| faults(|f| f.blackhole = true);
+    through_toxic(f, Kind::Breaks, |s| s.up.swallowed > 0 || s.blackholed >= 1).await;
+}

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the integration tests run for real: the PHP fixture CMS (php-cli + pdo_sqlite), HAProxy in
-# front of a cluster, and headless Chromium for the admin status page.
+# front of a cluster, headless Chromium for the admin status page, nftables for one-way partitions.
 missing() {
   local m=()
   if ! command -v php >/dev/null || ! php -m 2>/dev/null | grep -qi '^pdo_sqlite$'; then
@@ -13,6 +13,8 @@ missing() {
   fi
   [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || m+=(haproxy)
   command -v chromium >/dev/null || m+=(chromium)
+  # One-way partitions in the network-namespace tests (tests/it/support/netns.rs).
+  command -v nft >/dev/null || [ -x /usr/sbin/nft ] || m+=(nftables)
   echo "${m[@]:-}"
 }
 pkgs=$(missing)

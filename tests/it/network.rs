@@ -181,3 +181,56 @@ async fn c3_blackhole_holds_then_heals_without_duplicates() {
     let f = |_: &Stats| faults(|f| f.blackhole = true);
     through_toxic(f, Kind::Breaks, |s| s.up.swallowed > 0 || s.blackholed >= 1).await;
 }
+
+/// C1: the writer's only link goes down during writes for a while, then comes back. The writer
+/// keeps accepting, the mirror's lag shows on the writer while cut, and after healing the mirror
+/// applies everything once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_full_partition_during_writes_then_heal() {
+    use crate::support::netns::{heal, link_up, partition, NetCluster};
+    let cluster = NetCluster::start(1, "").await;
+    let (w, m) = (&cluster.writer, &cluster.mirrors[0]);
+    let client = w.client();
+    for i in 0..3 {
+        let r = client
+            .post_form("/articles", &format!("title=before-{i}"))
+            .await;
+        assert_eq!(r.status, 303, "{}", r.text());
+    }
+    cluster.wait_caught_up(0, Duration::from_secs(20)).await;
+
+    partition(&w.ns);
+    assert!(!link_up(&w.ns), "the partition is not in force");
+    for i in 0..5 {
+        let r = client
+            .post_form("/articles", &format!("title=during-{i}"))
+            .await;
+        assert_eq!(r.status, 303, "the writer stopped accepting: {}", r.text());
+    }
+    let last = cluster.last_seq().await;
+    assert_eq!(last, 8);
+    // The lag is visible on the writer while cut, and the mirror applied nothing new.
+    crate::assert_eventually!(
+        w.status().await["mirrors"][0]["lag_entries"].as_u64() == Some(5),
+        "lag not visible: {}",
+        w.status().await["mirrors"][0]
+    );
+    assert_eq!(
+        m.status().await["applied_seq"],
+        3,
+        "applied through a partition"
+    );
+    assert!(!link_up(&w.ns), "the partition ended early");
+
+    heal(&w.ns);
+    cluster.wait_caught_up(0, Duration::from_secs(40)).await;
+    assert_eq!(m.dump().await, w.dump().await, "ONCE / ORDER");
+    for seq in 1..=last {
+        let e = m.api(&format!("/api/v1/log/{seq}")).await;
+        assert_eq!(e["state"], "applied", "seq {seq}: {e}");
+    }
+    crate::assert_eventually!(
+        w.status().await["mirrors"][0]["lag_entries"].as_u64() == Some(0),
+        "lag did not clear"
+    );
+}

@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod client;
 pub mod cluster;
 pub mod haproxy;
+pub mod netns;
 pub mod node;
 pub mod origin;
 pub mod php;

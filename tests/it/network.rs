@@ -234,3 +234,91 @@ async fn c1_full_partition_during_writes_then_heal() {
         "lag did not clear"
     );
 }
+
+/// C2 with the fault on or off: the mirror's packets to the writer are dropped (nft, in the
+/// mirror's namespace) while the writer ships entries, until the writer has given up on the
+/// lost answers; then the rule goes and the writer retries. The mirror answers the resent
+/// entries from its record: nothing halts and each entry is applied once.
+async fn lost_acks(fault: bool) {
+    use crate::support::netns::{drop_to, dropped_packets, undrop, NetCluster};
+    let cluster = NetCluster::start(1, "").await;
+    let (w, m) = (&cluster.writer, &cluster.mirrors[0]);
+    let client = w.client();
+    for i in 0..2 {
+        client
+            .post_form("/articles", &format!("title=before-{i}"))
+            .await;
+    }
+    cluster.wait_caught_up(0, Duration::from_secs(20)).await;
+
+    if fault {
+        drop_to(&m.ns, w.ip);
+    }
+    for i in 0..3 {
+        let r = client
+            .post_form("/articles", &format!("title=during-{i}"))
+            .await;
+        assert_eq!(r.status, 303, "the writer stopped accepting: {}", r.text());
+    }
+    // The writer's packets still arrive: the mirror applies what it got, unheard.
+    crate::assert_eventually!(
+        m.status().await["applied_seq"].as_u64() >= Some(3),
+        "the mirror never received an entry"
+    );
+    if fault {
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            let view = w.status().await["mirrors"][0].clone();
+            // The writer gave up on an answer it never got (and will resend).
+            if !view["last_error"].is_null() {
+                break;
+            }
+            assert!(
+                view["applied_seq"].as_u64() <= Some(2),
+                "an answer got through the drop: {view}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never noticed: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let dropped = dropped_packets(&m.ns);
+        assert!(dropped > 0, "the nft rule dropped nothing");
+        undrop(&m.ns);
+    }
+    cluster.wait_caught_up(0, Duration::from_secs(40)).await;
+    assert!(m.status().await["halt"].is_null());
+    assert_eq!(m.dump().await, w.dump().await, "ONCE / ORDER");
+    let last = cluster.last_seq().await;
+    assert_eq!(last, 5);
+    for seq in 1..=last {
+        let e = m.api(&format!("/api/v1/log/{seq}")).await;
+        assert_eq!(e["state"], "applied", "seq {seq}: {e}");
+    }
+    // The writer hears the answers again (on a resend, from the mirror's record).
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let view = w.status().await["mirrors"][0].clone();
+        if view["lag_entries"] == 0 && view["applied_seq"] == last {
+            assert!(view["halt"].is_null(), "{view}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never heard back: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(m.dump().await, w.dump().await, "ONCE after the resends");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2_lost_acknowledgements_are_retried_and_each_entry_applied_once() {
+    lost_acks(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2_null_control_without_the_drop() {
+    lost_acks(false).await;
+}

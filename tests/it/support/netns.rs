@@ -170,10 +170,16 @@ pub fn link_up(ns: &str) -> bool {
 
 /// One-way loss: `ns` drops every packet it sends to `to` (nft table `copyist_test`).
 pub fn drop_to(ns: &str, to: Ipv4Addr) {
-    let rules = format!(
-        "table inet copyist_test {{ chain out {{ type filter hook output priority 0; ip daddr {to} counter drop; }} }}"
+    exec_in(ns, &["nft", "add table inet copyist_test"]);
+    exec_in(
+        ns,
+        &[
+            "nft",
+            "add chain inet copyist_test out { type filter hook output priority 0 ; }",
+        ],
     );
-    exec_in(ns, &["nft", &rules]);
+    let rule = format!("add rule inet copyist_test out ip daddr {to} counter drop");
+    exec_in(ns, &["nft", &rule]);
 }
 
 /// Removes `drop_to`'s rule.

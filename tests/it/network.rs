@@ -322,3 +322,65 @@ async fn c2_lost_acknowledgements_are_retried_and_each_entry_applied_once() {
 async fn c2_null_control_without_the_drop() {
     lost_acks(false).await;
 }
+
+/// C4: the writer's link to its mirrors is throttled (tc tbf) and a client uploads a large
+/// file. The transfer makes progress under the limit, the mirror does not hold the whole blob
+/// in memory, and a second upload of the same bytes does not send the blob again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c4_low_bandwidth_large_upload_streams_and_is_not_resent() {
+    use crate::support::netns::{throttle, throttle_stats, NetCluster};
+    let cluster = NetCluster::start(1, "").await;
+    let (w, m) = (&cluster.writer, &cluster.mirrors[0]);
+    let client = w.client();
+    client.post_form("/articles", "title=warm").await;
+    cluster.wait_caught_up(0, Duration::from_secs(20)).await;
+    let rss_before = m.peak_rss();
+
+    // 24 MB at 5 MB/s: a few seconds of transfer, and far more than the mirror may buffer.
+    const BLOB: u32 = 24_000_000;
+    throttle(&w.ns, "40mbit");
+    let blob: Vec<u8> = (0..BLOB)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let body = multipart("B", &[("title", "big")], &[("file", "big.bin", &blob)]);
+    let start = std::time::Instant::now();
+    let r = client
+        .post("/upload", "multipart/form-data; boundary=B", body.clone())
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    cluster.wait_caught_up(0, Duration::from_secs(40)).await;
+    let took = start.elapsed();
+    let (sent, overlimits) = throttle_stats(&w.ns);
+    assert!(overlimits > 0, "the throttle never held a packet back");
+    assert!(
+        sent >= blob.len() as u64,
+        "the blob did not cross the throttled link: {sent}"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "faster than the limit allows: {took:?}"
+    );
+    let got = m.client().get("/uploads/1-big.bin").await;
+    assert_eq!(got.body.as_ref(), &blob[..], "the mirror's copy differs");
+    let grew = m.peak_rss().saturating_sub(rss_before);
+    assert!(
+        grew < blob.len() as u64 / 2,
+        "the mirror's peak RSS grew by {grew} for a {} byte blob",
+        blob.len()
+    );
+
+    // The same request body again (a blob is a whole body, by content): a new entry, but the
+    // mirror already holds its blob.
+    let r = client
+        .post("/upload", "multipart/form-data; boundary=B", body)
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    cluster.wait_caught_up(0, Duration::from_secs(40)).await;
+    let (sent_again, _) = throttle_stats(&w.ns);
+    assert!(
+        sent_again - sent < 200_000,
+        "the blob was sent again: {} bytes",
+        sent_again - sent
+    );
+    assert_eq!(m.dump().await, w.dump().await);
+}

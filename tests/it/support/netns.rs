@@ -197,6 +197,39 @@ pub fn dropped_packets(ns: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Egress of `ns`'s link limited to `rate` (tc tbf, e.g. "4mbit").
+pub fn throttle(ns: &str, rate: &str) {
+    let args = [
+        "-n", ns, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "16kb",
+        "latency", "2s",
+    ];
+    let out = Command::new("tc").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// (bytes sent, overlimits) of the tbf on `ns`'s link: overlimits > 0 proves it throttled.
+pub fn throttle_stats(ns: &str) -> (u64, u64) {
+    let out = Command::new("tc")
+        .args(["-n", ns, "-s", "qdisc", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let after = |key: &str| {
+        words
+            .iter()
+            .position(|w| *w == key)
+            .and_then(|i| words.get(i + 1))
+            .and_then(|n| n.trim_end_matches([',', ')']).parse().ok())
+            .unwrap_or(0)
+    };
+    (after("Sent"), after("overlimits"))
+}
+
 /// A host-loopback port forwarded to `target` inside a namespace. Dropping it stops it.
 pub struct Forward {
     pub addr: SocketAddr,
@@ -292,7 +325,15 @@ impl NetNode {
         let cms_dir = dir.join(format!("{name}-cms"));
         std::fs::create_dir_all(&cms_dir).unwrap();
         let php = Command::new("ip")
-            .args(["netns", "exec", ns, "php", "-S"])
+            .args(["netns", "exec", ns, "php"])
+            // Room for C4's large upload (the fixture's php.ini defaults are 2M / 8M).
+            .args([
+                "-d",
+                "upload_max_filesize=64M",
+                "-d",
+                "post_max_size=64M",
+                "-S",
+            ])
             .arg(format!("127.0.0.1:{CMS_PORT}"))
             .arg(&router)
             .env("CMS_DATA_DIR", &cms_dir)
@@ -366,6 +407,22 @@ impl NetNode {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The `copyist run` process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.node.id()
+    }
+
+    /// Peak resident memory of the node process so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap();
+        kb * 1024
     }
 
     pub fn log(&self) -> String {

@@ -384,3 +384,85 @@ async fn c4_low_bandwidth_large_upload_streams_and_is_not_resent() {
     );
     assert_eq!(m.dump().await, w.dump().await);
 }
+
+/// E4: mirror-1's link is throttled (tbf on the switch port towards it) and mirror-2 halts on a
+/// divergence (its database edited by hand). The writer answers as fast as ever, mirror-1
+/// catches up, and each mirror's history is a prefix of the writer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e4_a_throttled_mirror_and_a_halted_one_do_not_hold_back_the_writer_or_each_other() {
+    use crate::support::netns::{throttle_dev, throttle_stats_dev, NetCluster};
+    let cluster = NetCluster::start(2, "").await;
+    let w = &cluster.writer;
+    let (m1, m2) = (&cluster.mirrors[0], &cluster.mirrors[1]);
+    let client = w.client();
+    client.post_form("/articles", "title=warm").await;
+    cluster.wait_caught_up(0, Duration::from_secs(20)).await;
+    cluster.wait_caught_up(1, Duration::from_secs(20)).await;
+
+    // mirror-2's next article id is off by one: its next replay diverges and halts it.
+    let db = cluster.dir.path().join("mirror-2-cms/cms.sqlite");
+    crate::support::php::sql_at(
+        &db,
+        "INSERT INTO articles (title, body) VALUES ('hand', 'edit')",
+    );
+    let (sw, port) = cluster.lan.port_to(m1.ip);
+    throttle_dev(&sw, &port, "2mbit"); // 250 KB/s towards mirror-1
+
+    let blob: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    let body = multipart("B", &[("title", "big")], &[("file", "big.bin", &blob)]);
+    let start = std::time::Instant::now();
+    let r = client
+        .post("/upload", "multipart/form-data; boundary=B", body)
+        .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    for i in 0..5 {
+        let r = client
+            .post_form("/articles", &format!("title=during-{i}"))
+            .await;
+        assert_eq!(r.status, 303, "{}", r.text());
+    }
+    let writer_took = start.elapsed();
+    let last = cluster.last_seq().await;
+    assert_eq!(last, 7);
+
+    crate::assert_eventually!(
+        !m2.status().await["halt"].is_null(),
+        "mirror-2 never halted"
+    );
+    let halt = m2.status().await["halt"].clone();
+    // seq 2 is the upload (uploads have their own ids); seq 3 is the first article.
+    assert_eq!(halt["seq"], 3, "{halt}");
+    cluster.wait_caught_up(0, Duration::from_secs(40)).await;
+    let m1_took = start.elapsed();
+    let (_, overlimits) = throttle_stats_dev(&sw, &port);
+    assert!(overlimits > 0, "mirror-1 was never throttled");
+    // 1.5 MB at 250 KB/s is about 6 s: the writer answered everything well before that.
+    assert!(
+        m1_took >= Duration::from_secs(4),
+        "the throttle did not slow mirror-1: {m1_took:?}"
+    );
+    assert!(
+        writer_took < m1_took / 2,
+        "the writer waited on its mirrors: {writer_took:?} vs {m1_took:?}"
+    );
+    assert_eq!(
+        m1.dump().await,
+        w.dump().await,
+        "mirror-1 has the writer's history"
+    );
+    // mirror-2 stopped exactly at the divergence: a prefix (seq 1-2) applied, nothing after.
+    assert_eq!(m2.status().await["applied_seq"], 2);
+    for seq in 4..=last {
+        let r = m2.admin_client().get(&format!("/api/v1/log/{seq}")).await;
+        assert!(
+            r.status == 404 || !r.text().contains("\"applied\""),
+            "mirror-2 applied {seq} past its halt"
+        );
+    }
+    let view = w.status().await["mirrors"].clone();
+    assert_eq!(view[0]["lag_entries"], 0, "{view}");
+    assert!(
+        !view[1]["halt"].is_null(),
+        "the writer does not see mirror-2's halt: {view}"
+    );
+}

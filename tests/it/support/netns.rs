@@ -132,6 +132,14 @@ impl Lan {
     }
 }
 
+impl Lan {
+    /// The switch's port towards the host with address 10.77.ID.`host`: (switch namespace,
+    /// device). Its egress is everything that host receives, e.g. to throttle one mirror.
+    pub fn port_to(&self, host: Ipv4Addr) -> (String, String) {
+        (self.switch(), format!("p{}", host.octets()[3]))
+    }
+}
+
 impl Drop for Lan {
     fn drop(&mut self) {
         for ns in self.hosts.iter().chain([&self.switch()]) {
@@ -199,8 +207,13 @@ pub fn dropped_packets(ns: &str) -> u64 {
 
 /// Egress of `ns`'s link limited to `rate` (tc tbf, e.g. "4mbit").
 pub fn throttle(ns: &str, rate: &str) {
+    throttle_dev(ns, "eth0", rate);
+}
+
+/// Egress of `dev` in `ns` limited to `rate` (tc tbf).
+pub fn throttle_dev(ns: &str, dev: &str, rate: &str) {
     let args = [
-        "-n", ns, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "16kb",
+        "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "16kb",
         "latency", "2s",
     ];
     let out = Command::new("tc").args(args).output().unwrap();
@@ -213,8 +226,13 @@ pub fn throttle(ns: &str, rate: &str) {
 
 /// (bytes sent, overlimits) of the tbf on `ns`'s link: overlimits > 0 proves it throttled.
 pub fn throttle_stats(ns: &str) -> (u64, u64) {
+    throttle_stats_dev(ns, "eth0")
+}
+
+/// (bytes sent, overlimits) of the tbf on `dev` in `ns`.
+pub fn throttle_stats_dev(ns: &str, dev: &str) -> (u64, u64) {
     let out = Command::new("tc")
-        .args(["-n", ns, "-s", "qdisc", "show", "dev", "eth0"])
+        .args(["-n", ns, "-s", "qdisc", "show", "dev", dev])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -182,11 +182,10 @@ async fn c3_blackhole_holds_then_heals_without_duplicates() {
     through_toxic(f, Kind::Breaks, |s| s.up.swallowed > 0 || s.blackholed >= 1).await;
 }
 
-/// C1: the writer's only link goes down during writes for a while, then comes back. The writer
-/// keeps accepting, the mirror's lag shows on the writer while cut, and after healing the mirror
-/// applies everything once, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c1_full_partition_during_writes_then_heal() {
+/// C1 with the fault on or off: the writer's only link goes down during writes, then comes
+/// back. The writer keeps accepting, the mirror's lag shows on the writer's status and the
+/// mirror's health while cut, and after healing the mirror applies everything once, in order.
+async fn full_partition(fault: bool) {
     use crate::support::netns::{heal, link_up, partition, NetCluster};
     let cluster = NetCluster::start(1, "").await;
     let (w, m) = (&cluster.writer, &cluster.mirrors[0]);
@@ -198,9 +197,16 @@ async fn c1_full_partition_during_writes_then_heal() {
         assert_eq!(r.status, 303, "{}", r.text());
     }
     cluster.wait_caught_up(0, Duration::from_secs(20)).await;
+    let health = |m: &crate::support::netns::NetNode| {
+        let c = m.admin_client();
+        async move { c.get("/mirror?lag=2").await.status }
+    };
+    crate::assert_eventually!(health(m).await == 200, "the mirror is not healthy at first");
 
-    partition(&w.ns);
-    assert!(!link_up(&w.ns), "the partition is not in force");
+    if fault {
+        partition(&w.ns);
+        assert!(!link_up(&w.ns), "the partition is not in force");
+    }
     for i in 0..5 {
         let r = client
             .post_form("/articles", &format!("title=during-{i}"))
@@ -209,20 +215,26 @@ async fn c1_full_partition_during_writes_then_heal() {
     }
     let last = cluster.last_seq().await;
     assert_eq!(last, 8);
-    // The lag is visible on the writer while cut, and the mirror applied nothing new.
-    crate::assert_eventually!(
-        w.status().await["mirrors"][0]["lag_entries"].as_u64() == Some(5),
-        "lag not visible: {}",
-        w.status().await["mirrors"][0]
-    );
-    assert_eq!(
-        m.status().await["applied_seq"],
-        3,
-        "applied through a partition"
-    );
-    assert!(!link_up(&w.ns), "the partition ended early");
+    if fault {
+        // The lag is visible while cut, and the mirror applied nothing new.
+        crate::assert_eventually!(
+            w.status().await["mirrors"][0]["lag_entries"].as_u64() == Some(5),
+            "lag not visible: {}",
+            w.status().await["mirrors"][0]
+        );
+        crate::assert_eventually!(
+            health(m).await == 503,
+            "the mirror's health ignores an unreachable writer"
+        );
+        assert_eq!(
+            m.status().await["applied_seq"],
+            3,
+            "applied through a partition"
+        );
+        assert!(!link_up(&w.ns), "the partition ended early");
+        heal(&w.ns);
+    }
 
-    heal(&w.ns);
     cluster.wait_caught_up(0, Duration::from_secs(40)).await;
     assert_eq!(m.dump().await, w.dump().await, "ONCE / ORDER");
     for seq in 1..=last {
@@ -233,6 +245,20 @@ async fn c1_full_partition_during_writes_then_heal() {
         w.status().await["mirrors"][0]["lag_entries"].as_u64() == Some(0),
         "lag did not clear"
     );
+    crate::assert_eventually!(
+        health(m).await == 200,
+        "the mirror's health did not recover"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_full_partition_during_writes_then_heal() {
+    full_partition(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c1_null_control_without_the_partition() {
+    full_partition(false).await;
 }
 
 /// C2 with the fault on or off: the mirror's packets to the writer are dropped (nft, in the

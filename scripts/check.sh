@@ -15,6 +15,8 @@ missing() {
   command -v chromium >/dev/null || m+=(chromium)
   # One-way partitions in the network-namespace tests (tests/it/support/netns.rs).
   command -v nft >/dev/null || [ -x /usr/sbin/nft ] || m+=(nftables)
+  # ip netns / veth / tc for the same tests (not in every minimal image).
+  command -v ip >/dev/null || [ -x /usr/sbin/ip ] || m+=(iproute2)
   echo "${m[@]:-}"
 }
 pkgs=$(missing)

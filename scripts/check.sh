@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the integration tests run for real: the PHP fixture CMS (php-cli + pdo_sqlite), HAProxy in
-# front of a cluster, headless Chromium for the admin status page, and strace for storage faults.
+# front of a cluster, headless Chromium for the admin status page, strace for storage faults,
+# faketime for clock skew, nftables and iproute2 for network partitions.
 missing() {
   local m=()
   if ! command -v php >/dev/null || ! php -m 2>/dev/null | grep -qi '^pdo_sqlite$'; then
@@ -17,6 +18,10 @@ missing() {
   command -v faketime >/dev/null || m+=(faketime)
   # The storage fault tests (tests/it/storage.rs) inject EIO/ENOSPC/slow fsync with strace.
   command -v strace >/dev/null || m+=(strace)
+  # One-way partitions in the network-namespace tests (tests/it/support/netns.rs).
+  command -v nft >/dev/null || [ -x /usr/sbin/nft ] || m+=(nftables)
+  # ip netns / veth / tc for the same tests (not in every minimal image).
+  command -v ip >/dev/null || [ -x /usr/sbin/ip ] || m+=(iproute2)
   echo "${m[@]:-}"
 }
 pkgs=$(missing)

@@ -23,6 +23,7 @@ mod hostile;
 mod hygiene;
 mod lifecycle;
 mod metrics;
+mod network;
 mod passthrough;
 mod reload;
 mod replication_auth;

@@ -1,8 +1,9 @@
 //! A fault-injecting TCP proxy with toxiproxy-style toxics (RELIABILITY.md, "Toxiproxy-style
-//! toxics"): latency with jitter, bandwidth, slicing, truncation per direction, reset, blackhole,
-//! and cutting live connections. Faults change while it runs and apply to the next chunk read on
-//! every connection; `stats()` proves a fault fired. Dropping the proxy aborts every task, which
-//! closes every connection.
+//! toxics"): latency with jitter, bandwidth, slicing, truncation, reset, blackhole, each per
+//! direction (`Faults::direction`; truncation has a limit per direction), and cutting live
+//! connections. Faults change while it runs and apply to the next chunk read on every connection;
+//! `stats()` proves a fault fired (`Stats::up` / `Stats::down` count it per direction). Dropping
+//! the proxy aborts every task, which closes every connection.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -15,10 +16,33 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::sleep;
 
+/// Which way a fault applies: client→server (`Up`, e.g. writer→mirror), server→client (`Down`,
+/// e.g. the mirror's answers), or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Direction {
+    #[default]
+    Both,
+    Up,
+    Down,
+}
+
+impl Direction {
+    fn covers(self, up: bool) -> bool {
+        match self {
+            Direction::Both => true,
+            Direction::Up => up,
+            Direction::Down => !up,
+        }
+    }
+}
+
 /// The faults to inject; `Faults::default()` is a clean pipe.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
-    /// Added before forwarding each chunk, both directions; plus a random 0..=`jitter`.
+    /// Which way latency, bandwidth, slice, blackhole and reset-on-open-connections apply
+    /// (truncation has its own limit per direction).
+    pub direction: Direction,
+    /// Added before forwarding each chunk; plus a random 0..=`jitter`.
     pub latency: Duration,
     pub jitter: Duration,
     /// Bytes per second, per direction.
@@ -29,9 +53,12 @@ pub struct Faults {
     pub truncate_after: Option<u64>,
     /// After N bytes server→client on a connection, close it.
     pub truncate_down_after: Option<u64>,
-    /// Accept, then immediately close (RST) new connections.
+    /// Accept, then immediately close (RST) new connections; on an open connection, RST both
+    /// sides at the next chunk read in `direction` (toxiproxy `reset_peer`).
     pub reset: bool,
-    /// Accept and read, but never forward or answer; hold the connection open.
+    /// Accept and read, but never forward or close: new connections (when `direction` is
+    /// `Both`) are held without a byte forwarded, and open ones swallow what they read in
+    /// `direction` (toxiproxy `timeout` 0).
     pub blackhole: bool,
 }
 
@@ -51,6 +78,24 @@ pub struct Stats {
     pub blackholed: u64,
     /// Connections dropped by `cut()`, or refused while cut.
     pub cut: u64,
+    /// What the per-chunk faults did, client→server and server→client.
+    pub up: DirStats,
+    pub down: DirStats,
+}
+
+/// Per-direction evidence that a toxic fired, counted in chunks read from the sender.
+#[derive(Clone, Debug, Default)]
+pub struct DirStats {
+    /// Chunks held back by latency (+ jitter) before forwarding.
+    pub delayed: u64,
+    /// Chunks forwarded in more than one piece by `slice`.
+    pub sliced: u64,
+    /// Chunks paced by `bandwidth`.
+    pub throttled: u64,
+    /// Bytes read and dropped by `blackhole` on an open connection.
+    pub swallowed: u64,
+    /// Open connections reset by `reset`.
+    pub reset: u64,
 }
 
 struct Shared {
@@ -142,7 +187,7 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
                 } else if faults.reset {
                     shared.bump(|s| s.reset += 1);
                     let _ = client.set_zero_linger();
-                } else if faults.blackhole {
+                } else if faults.blackhole && faults.direction == Direction::Both {
                     shared.bump(|s| s.blackholed += 1);
                     conns.spawn(blackhole(client, shared.clone(), cut));
                 } else {
@@ -172,6 +217,7 @@ enum Close {
     Truncated,
     Broken,
     Cut,
+    Reset,
 }
 
 async fn serve(
@@ -207,6 +253,11 @@ async fn serve(
             shared.bump(|s| s.cut += 1);
             let _ = (client.set_zero_linger(), server.set_zero_linger());
         }
+        // Counted in `pump`, per direction; here only the RST on both sides.
+        Some(Close::Reset) => {
+            shared.bump(|s| s.reset += 1);
+            let _ = (client.set_zero_linger(), server.set_zero_linger());
+        }
         Some(Close::Broken) | None => {}
     }
 }
@@ -228,13 +279,22 @@ async fn pump(
             return Ok(());
         }
         let f = shared.faults();
-        if f.blackhole {
+        let here = f.direction.covers(up);
+        if here && f.reset {
+            shared.bump(|s| dir(s, up).reset += 1);
+            return Err(Close::Reset);
+        }
+        if here && f.blackhole {
+            shared.bump(|s| dir(s, up).swallowed += n as u64);
             continue;
         }
         let delay = f.latency + jitter(&mut rng, f.jitter);
-        if !delay.is_zero() {
+        if here && !delay.is_zero() {
+            shared.bump(|s| dir(s, up).delayed += 1);
             sleep(delay).await;
         }
+        let slice = f.slice.filter(|_| here);
+        let bandwidth = f.bandwidth.filter(|_| here);
         let limit = if up {
             f.truncate_after
         } else {
@@ -244,20 +304,25 @@ async fn pump(
             usize::try_from(l.saturating_sub(sent)).map_or(n, |left| left.min(n))
         });
         // With a bandwidth cap, pieces of ~1/20 s keep the pacing smooth.
-        let piece = f
-            .slice
+        let piece = slice
             .unwrap_or(usize::MAX)
-            .min(f.bandwidth.map_or(usize::MAX, |b| (b / 20) as usize))
+            .min(bandwidth.map_or(usize::MAX, |b| (b / 20) as usize))
             .max(1);
+        if slice.is_some_and(|s| allowed > s) {
+            shared.bump(|s| dir(s, up).sliced += 1);
+        }
+        if bandwidth.is_some() && allowed > 0 {
+            shared.bump(|s| dir(s, up).throttled += 1);
+        }
         for (i, chunk) in buf[..allowed].chunks(piece).enumerate() {
-            if i > 0 && f.slice.is_some() {
+            if i > 0 && slice.is_some() {
                 sleep(Duration::from_millis(1)).await;
             }
             let len = chunk.len() as u64;
             shared.bump(|s| *forwarded(s, up) += len);
             to.write_all(chunk).await.map_err(|_| Close::Broken)?;
             sent += len;
-            if let Some(bw) = f.bandwidth {
+            if let Some(bw) = bandwidth {
                 sleep(Duration::from_secs_f64(len as f64 / bw.max(1) as f64)).await;
             }
         }
@@ -272,6 +337,14 @@ fn forwarded(stats: &mut Stats, up: bool) -> &mut u64 {
         &mut stats.bytes_up
     } else {
         &mut stats.bytes_down
+    }
+}
+
+fn dir(stats: &mut Stats, up: bool) -> &mut DirStats {
+    if up {
+        &mut stats.up
+    } else {
+        &mut stats.down
     }
 }
 
@@ -367,6 +440,22 @@ mod tests {
             (stats.connections, stats.bytes_up, stats.bytes_down),
             (1, 205, 205)
         );
+        // Only up: the echo comes back in the 3-byte pieces it was sent in.
+        assert!(stats.up.sliced >= 1, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn slicing_one_direction_counts_only_there() {
+        let (proxy, mut conn) = proxy().await;
+        proxy.set(faults(|f| {
+            f.slice = Some(3);
+            f.direction = Direction::Down;
+        }));
+        let data: Vec<u8> = (0..200u8).collect();
+        assert_eq!(roundtrip(&mut conn, &data).await, data);
+        let stats = proxy.stats();
+        assert_eq!(stats.up.sliced, 0, "{stats:?}");
+        assert!(stats.down.sliced >= 1, "{stats:?}");
     }
 
     #[tokio::test]
@@ -382,6 +471,24 @@ mod tests {
         let start = Instant::now();
         assert_eq!(roundtrip(&mut conn, b"slow").await, b"slow");
         assert!(start.elapsed() >= 2 * latency, "{:?}", start.elapsed());
+        let stats = proxy.stats();
+        assert_eq!((stats.up.delayed, stats.down.delayed), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn latency_upstream_only_delays_one_way() {
+        let (proxy, mut conn) = proxy().await;
+        let latency = Duration::from_millis(200);
+        proxy.set(faults(|f| {
+            f.latency = latency;
+            f.direction = Direction::Up;
+        }));
+        let start = Instant::now();
+        assert_eq!(roundtrip(&mut conn, b"one-way").await, b"one-way");
+        let took = start.elapsed();
+        assert!(took >= latency && took < 2 * latency, "{took:?}");
+        let stats = proxy.stats();
+        assert_eq!((stats.up.delayed, stats.down.delayed), (1, 0));
     }
 
     #[tokio::test]
@@ -412,6 +519,43 @@ mod tests {
         assert!(closed_at_once(proxy.addr).await);
         let stats = proxy.stats();
         assert_eq!((stats.reset, stats.bytes_up), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn reset_downstream_resets_an_open_connection_mid_transfer() {
+        let (proxy, mut conn) = proxy().await;
+        roundtrip(&mut conn, b"warm").await;
+        proxy.set(faults(|f| {
+            f.reset = true;
+            f.direction = Direction::Down;
+        }));
+        conn.write_all(b"lost").await.unwrap();
+        // The echo went up (counted) but the answer was never forwarded.
+        assert!(read_to_close(&mut conn).await.is_empty());
+        let stats = proxy.stats();
+        assert_eq!((stats.reset, stats.down.reset, stats.up.reset), (1, 1, 0));
+        assert_eq!((stats.bytes_up, stats.bytes_down), (8, 4));
+    }
+
+    #[tokio::test]
+    async fn blackhole_downstream_forwards_up_but_never_answers_nor_closes() {
+        let (proxy, mut conn) = proxy().await;
+        proxy.set(faults(|f| {
+            f.blackhole = true;
+            f.direction = Direction::Down;
+        }));
+        conn.write_all(b"hello").await.unwrap();
+        crate::assert_eventually!(proxy.stats().down.swallowed == 5, "echo not swallowed");
+        let mut buf = [0u8; 16];
+        let held = timeout(Duration::from_millis(200), conn.read(&mut buf)).await;
+        assert!(held.is_err(), "blackhole answered: {held:?}");
+        let stats = proxy.stats();
+        assert_eq!(
+            (stats.bytes_up, stats.bytes_down, stats.blackholed),
+            (5, 0, 0)
+        );
+        proxy.clear();
+        assert_eq!(roundtrip(&mut conn, b"again").await, b"again");
     }
 
     #[tokio::test]
@@ -454,6 +598,11 @@ mod tests {
         let start = Instant::now();
         roundtrip(&mut conn, &[1u8; 4_000]).await;
         let took = start.elapsed();
+        let stats = proxy.stats();
+        assert!(
+            stats.up.throttled >= 1 && stats.down.throttled >= 1,
+            "{stats:?}"
+        );
         // 4 KB at 10 KB/s is 0.4 s per direction, the two directions overlapping.
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_secs(3),

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod haproxy;
 pub mod history;
+pub mod netns;
 pub mod node;
 pub mod origin;
 pub mod php;

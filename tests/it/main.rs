@@ -26,6 +26,7 @@ mod metrics;
 mod passthrough;
 mod reload;
 mod replication_auth;
+mod semantics;
 mod soak;
 mod status_page;
 mod storage;

@@ -3,11 +3,12 @@
 //! and racing uploads. Each test drives a writer and a mirror, each in front of its own PHP
 //! fixture CMS, and holds the result to the history checkers (`support::history::check`).
 //!
-//! D5 (time-dependent replay) has no test: nothing in the fixture CMS depends on the clock (no
-//! timestamps in rows or pages, ids are rowids, the CSRF token never expires; only PHP's session
-//! GC reads file mtimes, probabilistically), so a mirror whose PHP runs a month ahead answers
-//! exactly like the writer and there is nothing to detect. Clock skew on copyist itself is
-//! covered by `hostile.rs` (G6).
+//! D5 (time-dependent replay): nothing in the fixture CMS depends on the clock (no timestamps in
+//! rows or pages, ids are rowids, the CSRF token never expires; only PHP's session GC reads file
+//! mtimes), so there is nothing time-dependent to detect. The D5 test asserts exactly that: a
+//! mirror whose PHP runs a month ahead under libfaketime converges byte for byte. A CMS whose
+//! output does depend on the date would be caught by the same comparisons as D3/D4 (`Location`,
+//! fields, body digest). Clock skew on copyist itself is covered by `hostile.rs` (G6).
 
 use std::time::Duration;
 
@@ -446,4 +447,78 @@ async fn h3_twenty_concurrent_uploads_of_one_file_leave_one_verified_blob_on_eac
     }
     let w: Value = serde_json::from_str(&snap.nodes[0].dump).unwrap();
     assert_eq!(w["uploads"].as_array().unwrap().len(), 20);
+}
+
+// === D5: a mirror's CMS a month ahead ===
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// libfaketime's environment for a process whose wall clock runs `offset` ahead.
+fn faketime(offset: &str) -> [(&'static str, String); 3] {
+    [
+        ("LD_PRELOAD", LIBFAKETIME.to_string()),
+        ("FAKETIME", offset.to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+    ]
+}
+
+/// `php -r CODE` under `env`, its stdout.
+fn php_output(code: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new("php")
+        .args(["-r", code])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// D5. The mirror's PHP runs 31 days ahead (a month boundary crossed, whatever today is). The
+/// fixture's writes do not depend on the date, so every replay matches and the dumps are
+/// byte-equal: no false halt, and nothing for a dump diff to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d5_a_mirror_cms_a_month_ahead_converges_because_the_fixture_is_time_independent() {
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "libfaketime missing: apt-get install faketime (scripts/check.sh installs it)"
+    );
+    let env = faketime("+31d");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The fault fires: PHP under this environment is in another month.
+    let month = "echo date('Y-m');";
+    assert_ne!(
+        php_output(month, &env),
+        php_output(month, &[]),
+        "faketime has no effect"
+    );
+    let mut cluster = TestCluster::start_opts(cluster_with(
+        "[[capture.rule]]\nmethod = \"GET\"\npath = \"/visit\"\naction = \"capture\"\n",
+    ))
+    .await;
+    cluster.mirrors[0].cms.restart_with_env(&env);
+    let pid = cluster.mirrors[0].cms.pid();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&environ).contains("FAKETIME=+31d"),
+        "the mirror's CMS does not run under faketime"
+    );
+
+    let history = History::new("d5");
+    let mut rec = history.recorder("writer", cluster.writer.node.public);
+    for i in 0..4 {
+        let op = if i % 2 == 0 {
+            rec.add().await
+        } else {
+            rec.upload(&vec![i as u8; 40_000]).await
+        };
+        assert!(op.seq.is_some(), "{op:?}");
+    }
+    assert_eq!(cluster.writer.client().get("/visit").await.status, 200);
+    cluster.wait_converged().await;
+    let snap = Snapshot::take(&handles(&cluster)).await;
+    check_all(&history, &snap).assert_held("D5");
 }

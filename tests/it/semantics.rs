@@ -1,4 +1,4 @@
-//! Replication semantics and divergence (RELIABILITY.md rows D2, D4, D6, E3, H3): what copyist
+//! Replication semantics and divergence (RELIABILITY.md rows D2, D4, D5, D6, E3, H3): what copyist
 //! does with a CMS whose writes are not plain deterministic POSTs, and what survives restarts
 //! and racing uploads. Each test drives a writer and a mirror, each in front of its own PHP
 //! fixture CMS, and holds the result to the history checkers (`support::history::check`).

@@ -27,6 +27,7 @@ mod network;
 mod passthrough;
 mod reload;
 mod replication_auth;
+mod semantics;
 mod soak;
 mod status_page;
 mod storage;

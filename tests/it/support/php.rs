@@ -48,6 +48,40 @@ impl PhpCms {
         panic!("php -S did not start");
     }
 
+    /// Stops this CMS and starts it again on the same address and data dir, with `env` added to
+    /// its environment (e.g. libfaketime's `LD_PRELOAD` and `FAKETIME`).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        kill_group(&mut self.child);
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/cms/router.php");
+        // The port was just freed; php -S may need a moment to get it back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = Command::new("php")
+                .arg("-S")
+                .arg(self.addr.to_string())
+                .arg(&root)
+                .env("CMS_DATA_DIR", self.dir.path())
+                .env("PHP_CLI_SERVER_WORKERS", "2")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            if wait_ready(&mut child, self.addr) {
+                self.child = child;
+                return;
+            }
+            kill_group(&mut child);
+            assert!(Instant::now() < deadline, "php -S did not restart");
+        }
+    }
+
+    /// The `php -S` master's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Runs SQL against this CMS's SQLite file, as an operator editing the database by hand.
     pub fn sql(&self, sql: &str) {
         sql_at(&self.dir.path().join("cms.sqlite"), sql);

@@ -73,6 +73,8 @@ pub mod cluster;
 pub mod compare;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod node;
 pub mod origin;

@@ -31,7 +31,8 @@
 //!   recovery at open need not scan the whole log.
 //! * `cookies` (mirror): cookie name + writer's value → the mirror's value.
 
-mod codec;
+// pub(crate) for `crate::fuzzing` only.
+pub(crate) mod codec;
 mod durable;
 mod entry;
 mod mirror_side;

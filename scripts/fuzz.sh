@@ -8,7 +8,7 @@
 # cargo fuzz needs nightly-only rustc flags (-Z sanitizer, sancov passes); this machine has only
 # the stable toolchain, so RUSTC_BOOTSTRAP=1 lets stable accept them. cargo-fuzz itself is
 # installed from crates.io when missing. Environment:
-#   FUZZ_SANITIZER=address|none   (default address; `none` is about twice as fast)
+#   FUZZ_SANITIZER=address|none   (default address; `none`: 2-10 times the runs per second, no ASan)
 #   FUZZ_RSS_MB=2048              (libFuzzer's -rss_limit_mb and -malloc_limit_mb: bounded memory)
 #
 # Each target starts from its committed seeds (fuzz/corpus/<target>/, read only) plus what

@@ -116,6 +116,8 @@ pub mod compare;
 pub mod config;
 pub mod crypt;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log;
 pub mod node;
 pub mod origin;

@@ -351,19 +351,7 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let c = &settings.public;
         let (mut parts, body) = req.into_parts();
-        check_framing(&parts.headers)?;
-        if header_bytes(&parts.headers) > c.max_header_bytes {
-            return Err(ProxyError::HeadersTooLarge(c.max_header_bytes));
-        }
-        let host = request_host(&parts)?;
-        if let Some(declared) = declared_length(&parts.headers)? {
-            if declared > c.max_body_bytes {
-                return Err(ProxyError::BodyTooLarge {
-                    declared,
-                    limit: c.max_body_bytes,
-                });
-            }
-        }
+        let host = check_head(&parts, c)?;
         let target = parts
             .uri
             .path_and_query()
@@ -414,7 +402,10 @@ impl Proxy {
                     client_addr: client.to_string(),
                     request_id,
                 };
-                match forwarder.forward(head, body).await {
+                // Boxed, like the capture below: `handle`'s future is moved into hyper's per-request
+                // box on every request, and inline these paths made it several KiB of memcpy
+                // for a pass-through that never runs them (issue 6, callgrind).
+                match Box::pin(forwarder.forward(head, body)).await {
                     Ok(mut resp) => {
                         self.inner.metrics.request(Action::Forward);
                         // The writer logged it: this client now reads from the writer for a
@@ -453,7 +444,7 @@ impl Proxy {
                 client_addr: client,
                 request_id,
             };
-            let resp = self.inner.capture.capture(req, body).await?;
+            let resp = Box::pin(self.inner.capture.capture(req, body)).await?;
             self.inner.metrics.request(Action::Capture);
             return Ok(resp);
         }
@@ -483,9 +474,8 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// The headers the origin gets: the client's, minus hop-by-hop and `X-Copyist-*`, with
-    /// `X-Forwarded-*` set, the original `Host`, and our request id. Returns the real client address.
-    /// The request's header map is edited in place (taken out of `parts`): no copy per request.
+    /// The headers the origin gets (see [`prepare_origin_headers`]), taken out of `parts`: the
+    /// request's own map is edited in place, no copy per request.
     fn origin_headers(
         &self,
         parts: &mut RequestParts,
@@ -495,27 +485,73 @@ impl Proxy {
         request_id: &str,
     ) -> (HeaderMap, std::net::IpAddr) {
         let mut h = std::mem::take(&mut parts.headers);
-        headers::strip_hop_by_hop(&mut h);
-        headers::strip_copyist(&mut h);
-        // Framing is re-derived from the body we actually send: exactly one normalised request.
-        h.remove(header::CONTENT_LENGTH);
-        if let Some(host) = host {
-            h.insert(header::HOST, host);
-        }
-        if parts.version == Version::HTTP_2 {
-            join_cookies(&mut h);
-        }
-        let client = headers::set_forwarded(&mut h, conn.peer.ip(), conn.tls, trusted);
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            h.insert("x-copyist-request-id", id);
-        }
+        let client = prepare_origin_headers(
+            &mut h,
+            parts.version,
+            host,
+            conn.peer.ip(),
+            conn.tls,
+            trusted,
+            request_id,
+        );
         (h, client)
     }
 
     fn next_request_id(&self) -> String {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.inner.id_prefix)
+        // Not `format!`: the formatting machinery was a measurable part of a pass-through
+        // request (issue 6).
+        let prefix = &self.inner.id_prefix;
+        let mut id = String::with_capacity(prefix.len() + 21);
+        id.push_str(prefix);
+        id.push('-');
+        push_decimal(&mut id, n);
+        id
     }
+}
+
+/// The headers the origin gets: the client's, minus hop-by-hop and `X-Copyist-*`, with
+/// `X-Forwarded-*` set, the original `Host`, and our request id. Returns the real client address.
+/// Public to the crate for the micro-benchmarks (`benches/hot_paths.rs` via `bench_api`).
+pub(crate) fn prepare_origin_headers(
+    h: &mut HeaderMap,
+    version: Version,
+    host: Option<HeaderValue>,
+    peer: std::net::IpAddr,
+    tls: bool,
+    trusted: &[ipnet::IpNet],
+    request_id: &str,
+) -> std::net::IpAddr {
+    headers::strip_hop_by_hop(h);
+    headers::strip_copyist(h);
+    // Framing is re-derived from the body we actually send: exactly one normalised request.
+    h.remove(header::CONTENT_LENGTH);
+    if let Some(host) = host {
+        h.insert(header::HOST, host);
+    }
+    if version == Version::HTTP_2 {
+        join_cookies(h);
+    }
+    let client = headers::set_forwarded(h, peer, tls, trusted);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        h.insert("x-copyist-request-id", id);
+    }
+    client
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 /// Why a mirror sends a request to its writer rather than its own CMS.
@@ -537,6 +573,28 @@ fn is_https(h: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
+/// The checks on a request head before anything else looks at it: framing, header size, host,
+/// declared body size. Returns the host to pass on.
+pub(crate) fn check_head(
+    parts: &RequestParts,
+    c: &PublicConfig,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    check_framing(&parts.headers)?;
+    if header_bytes(&parts.headers) > c.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(c.max_header_bytes));
+    }
+    let host = request_host(parts)?;
+    if let Some(declared) = declared_length(&parts.headers)? {
+        if declared > c.max_body_bytes {
+            return Err(ProxyError::BodyTooLarge {
+                declared,
+                limit: c.max_body_bytes,
+            });
+        }
+    }
+    Ok(host)
 }
 
 /// Refuses framing that two parsers could read differently (request smuggling, RFC 9112 6.1,
@@ -688,6 +746,15 @@ mod tests {
         }
         assert!(check_framing(&headers(&[("transfer-encoding", "Chunked")])).is_ok());
         assert!(check_framing(&headers(&[("content-length", "05")])).is_ok());
+    }
+
+    #[test]
+    fn decimal_digits() {
+        for n in [0, 7, 10, 48_213, u64::MAX] {
+            let mut out = String::from("x-");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x-{n}"));
+        }
     }
 
     #[test]

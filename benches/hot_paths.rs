@@ -12,7 +12,7 @@
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};
 
-use criterion::{criterion_group, BatchSize, Criterion};
+use criterion::{BatchSize, Criterion};
 use http::{Method, Request, Version};
 
 use copyist::bench_api;
@@ -243,8 +243,6 @@ fn criterion_benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, criterion_benches);
-
 fn main() {
     // Sanity: the fixtures are what the names say (a broken fixture would measure an error path).
     let f = Fixture::new();
@@ -272,6 +270,7 @@ fn main() {
         callgrind_loop(*op, &f, iters);
         return;
     }
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let mut c = Criterion::default().configure_from_args();
+    criterion_benches(&mut c);
+    c.final_summary();
 }

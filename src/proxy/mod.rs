@@ -44,6 +44,9 @@ use crate::reload::Live;
 use crate::shutdown::Shutdown;
 use classify::{classify, Route, RESERVED_PREFIX};
 
+/// hyper's own limit on request headers when none is set (hyper's `DEFAULT_MAX_HEADERS`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Pause after a failed `accept` (EMFILE and friends resolve over time; spinning would not help).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -253,11 +256,15 @@ impl Proxy {
             .timer(TokioTimer::new())
             .header_read_timeout(c.header_read_timeout)
             .max_buf_size(c.max_header_bytes.max(8192))
-            .max_headers(c.max_headers)
             // A client may shut down its sending side while it waits for the answer
             // (`printf … | nc`); without this hyper would drop the request it already has.
             .half_close(true)
             .keep_alive(true);
+        // hyper's default is the same 100 headers; setting it anyway makes hyper build and
+        // fill a 100-slot header array on every request (issue 6: ~1.5k instructions).
+        if c.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            http.http1().max_headers(c.max_headers);
+        }
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(c.max_header_bytes).unwrap_or(u32::MAX))

@@ -67,7 +67,7 @@ fn rules() -> Vec<Rule> {
         rule(Some("POST"), "/xmlrpc.php", RuleAction::Pass),
         rule(Some("POST"), "/wp-json/*/heartbeat", RuleAction::Pass),
         rule(Some("GET"), "/wp-login.php*", RuleAction::Capture),
-        rule(Some("GET"), "/?action=logout*", RuleAction::Capture),
+        rule(Some("GET"), "/user/logout*", RuleAction::Capture),
         rule(Some("POST"), "/search*", RuleAction::Pass),
         rule(None, "/api/v1/metrics*", RuleAction::Pass),
         rule(Some("GET"), "/user/*/cancel/confirm/*", RuleAction::Capture),

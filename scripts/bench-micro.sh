@@ -23,7 +23,7 @@ for line in sys.stdin:
         print(m["executable"])')
 [ -x "$BIN" ] || { echo "cannot build benches/hot_paths.rs: cargo bench --bench hot_paths --no-run" >&2; exit 1; }
 
-if [ $# -gt 0 ]; then NAMES=("$@"); else mapfile -t NAMES < <(COPYIST_BENCH_CALLGRIND=list "$BIN"); fi
+if [ $# -gt 0 ]; then NAMES=("$@"); else LIST=$(COPYIST_BENCH_CALLGRIND=list "$BIN") && mapfile -t NAMES <<<"$LIST"; fi
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -107,6 +107,8 @@
 pub mod access_log;
 pub mod admin;
 pub mod apply;
+#[doc(hidden)]
+pub mod bench_api;
 pub mod blobs;
 pub mod body;
 pub mod capture;

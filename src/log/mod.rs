@@ -37,7 +37,7 @@
 //! `codec.rs`. Values written without a key stay readable; a sealed value read without the
 //! key (or with another) is a [`LogError::Codec`] naming the key ids, never a panic.
 
-// pub(crate) for `crate::fuzzing` only.
+// pub(crate) for `crate::fuzzing` and `crate::bench_api` only.
 pub(crate) mod codec;
 mod durable;
 mod entry;

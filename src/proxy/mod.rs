@@ -50,6 +50,9 @@ use crate::reload::Live;
 use crate::shutdown::Shutdown;
 use classify::{classify, Route, RESERVED_PREFIX};
 
+/// hyper's own limit on request headers when none is set (hyper's `DEFAULT_MAX_HEADERS`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Pause after a failed `accept` (EMFILE and friends resolve over time; spinning would not help).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -265,11 +268,15 @@ impl Proxy {
             .timer(TokioTimer::new())
             .header_read_timeout(c.header_read_timeout)
             .max_buf_size(c.max_header_bytes.max(8192))
-            .max_headers(c.max_headers)
             // A client may shut down its sending side while it waits for the answer
             // (`printf … | nc`); without this hyper would drop the request it already has.
             .half_close(true)
             .keep_alive(true);
+        // hyper's default is the same 100 headers; setting it anyway makes hyper build and
+        // fill a 100-slot header array on every request (issue 6: ~1.5k instructions).
+        if c.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            http.http1().max_headers(c.max_headers);
+        }
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(c.max_header_bytes).unwrap_or(u32::MAX))
@@ -374,19 +381,7 @@ impl Proxy {
             );
             return Err(ProxyError::Loop);
         }
-        check_framing(&parts.headers)?;
-        if header_bytes(&parts.headers) > c.max_header_bytes {
-            return Err(ProxyError::HeadersTooLarge(c.max_header_bytes));
-        }
-        let host = request_host(&parts)?;
-        if let Some(declared) = declared_length(&parts.headers)? {
-            if declared > c.max_body_bytes {
-                return Err(ProxyError::BodyTooLarge {
-                    declared,
-                    limit: c.max_body_bytes,
-                });
-            }
-        }
+        let host = check_head(&parts, c)?;
         let target = parts
             .uri
             .path_and_query()
@@ -437,7 +432,10 @@ impl Proxy {
                     client_addr: client.to_string(),
                     request_id,
                 };
-                match forwarder.forward(head, body).await {
+                // Boxed, like the capture below: `handle`'s future is moved into hyper's per-request
+                // box on every request, and inline these paths made it several KiB of memcpy
+                // for a pass-through that never runs them (issue 6, callgrind).
+                match Box::pin(forwarder.forward(head, body)).await {
                     Ok(mut resp) => {
                         self.inner.metrics.request(Action::Forward);
                         // The writer logged it: this client now reads from the writer for a
@@ -476,7 +474,7 @@ impl Proxy {
                 client_addr: client,
                 request_id,
             };
-            let resp = self.inner.capture.capture(req, body).await?;
+            let resp = Box::pin(self.inner.capture.capture(req, body)).await?;
             self.inner.metrics.request(Action::Capture);
             return Ok(resp);
         }
@@ -506,9 +504,8 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// The headers the origin gets: the client's, minus hop-by-hop and `X-Copyist-*`, with
-    /// `X-Forwarded-*` set, the original `Host`, and our request id. Returns the real client address.
-    /// The request's header map is edited in place (taken out of `parts`): no copy per request.
+    /// The headers the origin gets (see [`prepare_origin_headers`]), taken out of `parts`: the
+    /// request's own map is edited in place, no copy per request.
     fn origin_headers(
         &self,
         parts: &mut RequestParts,
@@ -518,20 +515,15 @@ impl Proxy {
         request_id: &str,
     ) -> (HeaderMap, std::net::IpAddr) {
         let mut h = std::mem::take(&mut parts.headers);
-        headers::strip_hop_by_hop(&mut h);
-        headers::strip_copyist(&mut h);
-        // Framing is re-derived from the body we actually send: exactly one normalised request.
-        h.remove(header::CONTENT_LENGTH);
-        if let Some(host) = host {
-            h.insert(header::HOST, host);
-        }
-        if parts.version == Version::HTTP_2 {
-            join_cookies(&mut h);
-        }
-        let client = headers::set_forwarded(&mut h, conn.peer.ip(), conn.tls, trusted);
-        if let Ok(id) = HeaderValue::from_str(request_id) {
-            h.insert("x-copyist-request-id", id);
-        }
+        let client = prepare_origin_headers(
+            &mut h,
+            parts.version,
+            host,
+            conn.peer.ip(),
+            conn.tls,
+            trusted,
+            request_id,
+        );
         (h, client)
     }
 
@@ -552,8 +544,59 @@ impl Proxy {
 
     fn next_request_id(&self) -> String {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.inner.id_prefix)
+        // Not `format!`: the formatting machinery was a measurable part of a pass-through
+        // request (issue 6).
+        let prefix = &self.inner.id_prefix;
+        let mut id = String::with_capacity(prefix.len() + 21);
+        id.push_str(prefix);
+        id.push('-');
+        push_decimal(&mut id, n);
+        id
     }
+}
+
+/// The headers the origin gets: the client's, minus hop-by-hop and `X-Copyist-*`, with
+/// `X-Forwarded-*` set, the original `Host`, and our request id. Returns the real client address.
+/// Public to the crate for the micro-benchmarks (`benches/hot_paths.rs` via `bench_api`).
+pub(crate) fn prepare_origin_headers(
+    h: &mut HeaderMap,
+    version: Version,
+    host: Option<HeaderValue>,
+    peer: std::net::IpAddr,
+    tls: bool,
+    trusted: &[ipnet::IpNet],
+    request_id: &str,
+) -> std::net::IpAddr {
+    headers::strip_hop_by_hop(h);
+    headers::strip_copyist(h);
+    // Framing is re-derived from the body we actually send: exactly one normalised request.
+    h.remove(header::CONTENT_LENGTH);
+    if let Some(host) = host {
+        h.insert(header::HOST, host);
+    }
+    if version == Version::HTTP_2 {
+        join_cookies(h);
+    }
+    let client = headers::set_forwarded(h, peer, tls, trusted);
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        h.insert("x-copyist-request-id", id);
+    }
+    client
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 /// Why a mirror sends a request to its writer rather than its own CMS.
@@ -575,6 +618,28 @@ fn is_https(h: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
+/// The checks on a request head before anything else looks at it: framing, header size, host,
+/// declared body size. Returns the host to pass on.
+pub(crate) fn check_head(
+    parts: &RequestParts,
+    c: &PublicConfig,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    check_framing(&parts.headers)?;
+    if header_bytes(&parts.headers) > c.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(c.max_header_bytes));
+    }
+    let host = request_host(parts)?;
+    if let Some(declared) = declared_length(&parts.headers)? {
+        if declared > c.max_body_bytes {
+            return Err(ProxyError::BodyTooLarge {
+                declared,
+                limit: c.max_body_bytes,
+            });
+        }
+    }
+    Ok(host)
 }
 
 /// Refuses framing that two parsers could read differently (request smuggling, RFC 9112 6.1,
@@ -726,6 +791,15 @@ mod tests {
         }
         assert!(check_framing(&headers(&[("transfer-encoding", "Chunked")])).is_ok());
         assert!(check_framing(&headers(&[("content-length", "05")])).is_ok());
+    }
+
+    #[test]
+    fn decimal_digits() {
+        for n in [0, 7, 10, 48_213, u64::MAX] {
+            let mut out = String::from("x-");
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x-{n}"));
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 # faketime for clock skew, nftables and iproute2 for network partitions.
 missing() {
   local m=()
-  if ! command -v php >/dev/null || ! php -m 2>/dev/null | grep -qi '^pdo_sqlite$'; then
+  # `php -m` into a variable first: `| grep -q` under pipefail can fail on php's SIGPIPE.
+  local mods
+  mods=$(php -m 2>/dev/null || true)
+  if ! command -v php >/dev/null || ! grep -qi '^pdo_sqlite$' <<<"$mods"; then
     m+=(php-cli php-sqlite3)
   fi
   [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || m+=(haproxy)

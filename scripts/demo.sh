@@ -36,7 +36,7 @@ declare -A data=([writer-1]=demo/writer [mirror-1]=demo/mirror-1 [mirror-2]=demo
 die() { echo "demo.sh: $*" >&2; exit 1; }
 
 # --- prerequisites ---------------------------------------------------------------------------
-if ! command -v php >/dev/null || ! php -m 2>/dev/null | grep -qi '^pdo_sqlite$'; then
+if ! command -v php >/dev/null || ! grep -qi '^pdo_sqlite$' <<<"$(php -m 2>/dev/null || true)"; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq php-cli php-sqlite3 >/dev/null
   else
@@ -202,7 +202,7 @@ if [ "$mode" = check ]; then
       [ "$(dump "$n" 2>/dev/null)" = "$want" ] || same=
     done
     [ -n "$same" ] && break
-    if "$bin" status -c "$writer_config" 2>/dev/null | grep -q 'halted at'; then
+    if "$bin" status -c "$writer_config" 2>/dev/null | grep 'halted at' >/dev/null; then
       fail "a mirror halted"
     fi
     sleep 0.1

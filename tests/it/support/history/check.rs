@@ -593,9 +593,12 @@ pub fn check_acks(ops: &[Op], snap: &Snapshot) -> Check {
         }
         if logged_field(e, "title") != Some(o.value.as_str()) {
             check.problems.push(format!(
-                "{:?}: seq {seq} holds another request (title {:?})",
+                "{:?}: seq {seq} holds another request (title {:?}; {} {}; multipart error {})",
                 o.value,
-                logged_field(e, "title")
+                logged_field(e, "title"),
+                e["method"],
+                e["target"],
+                e["multipart"]["error"]
             ));
         }
         linked += 1;

@@ -4,11 +4,11 @@
 //! repaired, and a drained one (404, `disable-on-404`) stops getting new reads.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{ClusterOpts, TestCluster};
 use crate::support::haproxy::{HaProxy, READERS, WRITERS};
+use crate::support::node::cli_async as cli;
 use crate::support::Reply;
 
 /// The nodes probe their CMS and writer often, so a state change shows in the checks quickly.
@@ -77,19 +77,6 @@ async fn read_from(lb: &HaProxy, server: &str, path: &str) -> Reply {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Runs `copyist ARGS -c config` off the runtime.
-async fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let config = config.to_path_buf();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, out, err) = crate::support::node::cli(&config, &refs);
-        (code, String::from_utf8_lossy(&out).into_owned(), err)
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,12 +3,12 @@
 //! `/.copyist/` on the public one, for GET, HEAD and OPTIONS.
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use serde_json::Value;
 
 use crate::assert_eventually;
 use crate::support::cluster::{Certs, ClusterOpts, TestCluster};
+use crate::support::node::cli_async as cli;
 use crate::support::node::Opts;
 use crate::support::{Client, PhpCms, StubOrigin, TestNode};
 
@@ -27,19 +27,6 @@ async fn check(addr: SocketAddr, path: &str) -> (u16, Value) {
 
 async fn status(addr: SocketAddr, path: &str) -> u16 {
     check(addr, path).await.0
-}
-
-/// Runs `copyist ARGS -c config` off the runtime.
-async fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let config = config.to_path_buf();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, out, err) = crate::support::node::cli(&config, &refs);
-        (code, String::from_utf8_lossy(&out).into_owned(), err)
-    })
-    .await
-    .unwrap()
 }
 
 async fn writer_node(origin: &str, extra: &str) -> TestNode {

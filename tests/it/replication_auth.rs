@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::support::cluster::{Certs, Member, TestCluster};
-use crate::support::node::{cli, Opts};
+use crate::support::node::Opts;
 use crate::support::{Client, PhpCms, TestNode};
 
 const STATE: &str = "/_copyist/v1/state";
@@ -216,14 +216,7 @@ async fn log_len(node: &TestNode) -> usize {
 }
 
 async fn run_cli(config: PathBuf, args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, out, err) = cli(&config, &refs);
-        (code, String::from_utf8_lossy(&out).into_owned(), err)
-    })
-    .await
-    .unwrap()
+    crate::support::node::cli_async(&config, args).await
 }
 
 /// The writer's view of its only mirror.

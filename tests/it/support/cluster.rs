@@ -1,7 +1,7 @@
 //! A writer and mirrors, each in front of its own PHP fixture CMS, with certificates from a
 //! fresh cluster CA and, optionally, a fault-injecting TCP proxy on each writer→mirror path.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::chaos::ChaosProxy;
@@ -257,13 +257,7 @@ impl TestCluster {
 
     /// Runs `copyist ARGS -c writer.toml` (blocking, off the runtime).
     pub async fn cli(&self, args: Vec<String>) -> (i32, String, String) {
-        let config: PathBuf = self.writer.node.config_path();
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (code, out, err) = super::node::cli(&config, &refs);
-            (code, String::from_utf8_lossy(&out).into_owned(), err)
-        })
-        .await
-        .unwrap()
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        super::node::cli_async(&self.writer.node.config_path(), &refs).await
     }
 }

@@ -266,6 +266,19 @@ impl NodeProcess {
     }
 }
 
+/// [`cli`] off the runtime (it blocks), with stdout as text: for async tests.
+pub async fn cli_async(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = cli(&config, &refs);
+        (code, String::from_utf8_lossy(&out).into_owned(), err)
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs `copyist ARGS -c config`; returns (exit code, stdout, stderr).
 pub fn cli(config: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
     let out = Command::new(binary())

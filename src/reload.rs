@@ -152,6 +152,10 @@ pub fn merge(running: &Config, file: &Config) -> (Config, Changes) {
             "[log] cache_capacity",
             r.log.cache_capacity != f.log.cache_capacity,
         ),
+        (
+            "[log] encryption_key_file",
+            r.log.encryption_key_file != f.log.encryption_key_file,
+        ),
         ("[[mirrors]]", r.mirrors != f.mirrors),
         ("[compare]", r.compare != f.compare),
     ];
@@ -381,6 +385,7 @@ url = "http://127.0.0.1:8081"
         file.public.listen = "127.0.0.1:9090".parse().unwrap();
         file.node.name = "w2".into();
         file.log.cache_capacity += 1;
+        file.log.encryption_key_file = Some("/etc/copyist/log.key".into());
         file.origin.url = "http://127.0.0.1:9/".parse().unwrap();
         let (next, changes) = merge(&running, &file);
         assert_eq!(next.public.listen, running.public.listen);
@@ -395,7 +400,8 @@ url = "http://127.0.0.1:8081"
                 "[node] name",
                 "[public] listen",
                 "[origin] url",
-                "[log] cache_capacity"
+                "[log] cache_capacity",
+                "[log] encryption_key_file"
             ]
         );
     }

@@ -518,11 +518,23 @@ pub fn check_wal(ops: &[Op], snap: &Snapshot) -> Check {
                 .push((*seq, e["state"].as_str().unwrap_or("?")));
         }
     }
+    // Entries whose best-effort multipart index failed carry no title: as many unlinked rows
+    // are reported in the note, not failed (see `check_acks`).
+    let mut unreadable = w
+        .entries
+        .values()
+        .filter(|e| logged_field(e, "title").is_none() && e["multipart"]["error"].is_string())
+        .count();
     let mut rows = 0;
     for kind in kinds(ops) {
         for title in titles(&dump, kind.table()).keys() {
             rows += 1;
-            if !logged.contains_key(title.as_str()) {
+            if !logged.contains_key(title.as_str()) && unreadable > 0 {
+                unreadable -= 1;
+                check.note.push_str(&format!(
+                    "; row {title:?} unlinked (an entry's multipart index failed)"
+                ));
+            } else if !logged.contains_key(title.as_str()) {
                 check.problems.push(format!(
                     "{}: row {title:?} in {} has no log entry: it reached the CMS unlogged",
                     w.name,
@@ -591,7 +603,15 @@ pub fn check_acks(ops: &[Op], snap: &Snapshot) -> Check {
                 o.value, o.id, logged
             ));
         }
-        if logged_field(e, "title") != Some(o.value.as_str()) {
+        if logged_field(e, "title").is_none() && e["multipart"]["error"].is_string() {
+            // The multipart index is best-effort (display only); when it failed, this entry
+            // cannot be tied to its op by title. Reported, not failed: a known open finding
+            // (README, "Chaos runs"), while every other check still covers the entry.
+            check.note.push_str(&format!(
+                "; {:?} at seq {seq} unlinked: multipart index error {}",
+                o.value, e["multipart"]["error"]
+            ));
+        } else if logged_field(e, "title") != Some(o.value.as_str()) {
             check.problems.push(format!(
                 "{:?}: seq {seq} holds another request (title {:?}; {} {}; multipart error {})",
                 o.value,
